@@ -1,0 +1,123 @@
+"""Model hyperparameters: one dataclass with Lit-GPT field names, and the named TinyLlama configs."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+
+@dataclass
+class Config:
+    """A decoder-only Llama 2 model: RoPE, pre-norm RMSNorm, SwiGLU MLP, grouped-query attention.
+
+    Field names follow Lit-GPT so that checkpoints and recipes written for it read unchanged.
+    ``padded_vocab_size`` defaults to ``vocab_size`` rounded up to ``padding_multiple`` (a multiple of
+    64 keeps the embedding and output matmuls on fast tensor-core shapes).
+    """
+
+    name: str = ""
+    block_size: int = 2048
+    vocab_size: int = 32000
+    padding_multiple: int = 64
+    padded_vocab_size: int | None = None
+    n_layer: int = 22
+    n_head: int = 32
+    n_embd: int = 2048
+    n_query_groups: int | None = None
+    intermediate_size: int = 5632
+    rope_base: int = 10000
+    norm_eps: float = 1e-5
+    bias: bool = False
+
+    def __post_init__(self) -> None:
+        if self.n_query_groups is None:
+            self.n_query_groups = self.n_head
+        if self.padded_vocab_size is None:
+            padded = math.ceil(self.vocab_size / self.padding_multiple) * self.padding_multiple
+            self.padded_vocab_size = padded
+        self._validate()
+
+    def _validate(self) -> None:
+        positive = ("block_size", "vocab_size", "padding_multiple", "n_layer", "n_head", "n_embd")
+        for field in (*positive, "n_query_groups", "intermediate_size", "rope_base"):
+            if getattr(self, field) <= 0:
+                raise ValueError(f"Config {self.name!r}: {field} must be positive, got {getattr(self, field)}")
+        if self.n_embd % self.n_head:
+            raise ValueError(
+                f"Config {self.name!r}: n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})"
+            )
+        if self.n_head % self.n_query_groups:
+            raise ValueError(
+                f"Config {self.name!r}: n_head ({self.n_head}) must be divisible by "
+                f"n_query_groups ({self.n_query_groups})"
+            )
+        if self.head_size % 2:
+            raise ValueError(
+                f"Config {self.name!r}: head_size = n_embd / n_head = {self.head_size} "
+                "must be even for rotary embeddings"
+            )
+        if self.padded_vocab_size < self.vocab_size:
+            raise ValueError(
+                f"Config {self.name!r}: padded_vocab_size ({self.padded_vocab_size}) is smaller than "
+                f"vocab_size ({self.vocab_size})"
+            )
+        if self.norm_eps <= 0:
+            raise ValueError(f"Config {self.name!r}: norm_eps must be positive, got {self.norm_eps}")
+
+    @property
+    def head_size(self) -> int:
+        return self.n_embd // self.n_head
+
+    @classmethod
+    def from_name(cls, name: str, **overrides: Any) -> Config:
+        """The named config, with any field replaced by ``overrides``."""
+        if name not in NAMED_CONFIGS:
+            raise ValueError(f"Unknown model name {name!r}; known names: {', '.join(sorted(NAMED_CONFIGS))}")
+        return cls(**{**NAMED_CONFIGS[name], **overrides})
+
+    def replace(self, **overrides: Any) -> Config:
+        """A copy with some fields changed; a changed vocab size re-derives the padded size."""
+        if "vocab_size" in overrides and "padded_vocab_size" not in overrides:
+            overrides["padded_vocab_size"] = None
+        return replace(self, **overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+NAMED_CONFIGS: dict[str, dict[str, Any]] = {
+    # TinyLlama paper, Table 1: 1,100,048,384 parameters.
+    "tiny_LLaMA_1b": dict(
+        name="tiny_LLaMA_1b",
+        block_size=2048,
+        vocab_size=32000,
+        n_layer=22,
+        n_head=32,
+        n_embd=2048,
+        n_query_groups=4,
+        intermediate_size=5632,
+    ),
+    # The small model of the original TinyLlama code base, for quick GPU experiments.
+    "tiny_LLaMA_120M": dict(
+        name="tiny_LLaMA_120M",
+        block_size=2048,
+        vocab_size=32000,
+        n_layer=12,
+        n_head=12,
+        n_embd=768,
+        n_query_groups=1,
+        intermediate_size=2048,
+    ),
+    # A CPU-sized model for the demo and the tests; its vocabulary matches assets/tokenizer.
+    "tiny_LLaMA_5M": dict(
+        name="tiny_LLaMA_5M",
+        block_size=256,
+        vocab_size=4096,
+        n_layer=4,
+        n_head=8,
+        n_embd=256,
+        n_query_groups=2,
+        intermediate_size=704,
+    ),
+}

@@ -1,0 +1,271 @@
+"""The model's hot operations, each with an exact PyTorch reference and a fused path.
+
+This module is the one place that decides which implementation runs. With the ``"fused"`` backend
+(the default) each call picks, for the tensors it is given:
+
+- on CUDA, flash-attn's Triton RMSNorm, rotary and cross-entropy kernels and its FlashAttention-2
+  when ``flash_attn`` imports, and xformers' fused SwiGLU when ``xformers`` imports;
+- otherwise PyTorch's own fused operators (``F.rms_norm``, ``F.scaled_dot_product_attention``, which
+  runs FlashAttention kernels on recent GPUs), a chunked cross-entropy that never holds an fp32 copy of
+  the logits, and plain PyTorch for rotary and SwiGLU, which ``torch.compile`` (``--compile``) fuses.
+
+The ``"reference"`` backend runs the textbook formulas; tests compare the two. flash-attn and xformers
+are optional: a missing or broken install (no CUDA, a mismatched build) falls back silently to PyTorch,
+and :func:`describe` reports what was chosen.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib
+import math
+from collections.abc import Iterator
+from types import ModuleType
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+Backend = Literal["fused", "reference"]
+_backend: Backend = "fused"
+
+
+def set_backend(backend: Backend) -> None:
+    """Choose the implementation of every kernel for the rest of the process."""
+    global _backend
+    if backend not in ("fused", "reference"):
+        raise ValueError(f"Unknown kernel backend {backend!r}; choose 'fused' or 'reference'")
+    _backend = backend
+
+
+@contextlib.contextmanager
+def use_backend(backend: Backend) -> Iterator[None]:
+    """Run a block with another backend, restoring the previous one afterwards."""
+    previous = _backend
+    set_backend(backend)
+    try:
+        yield
+    finally:
+        set_backend(previous)
+
+
+@functools.cache
+def _optional_module(name: str) -> ModuleType | None:
+    """Import an optional GPU extension, or None if it is absent or unusable on this machine."""
+    try:
+        return importlib.import_module(name)
+    except Exception:  # a CUDA build on a CPU machine fails with OSError or RuntimeError, not ImportError
+        return None
+
+
+def _flash_attn(tensor: torch.Tensor) -> ModuleType | None:
+    if _backend != "fused" or not tensor.is_cuda:
+        return None
+    return _optional_module("flash_attn")
+
+
+def _xformers_ops(tensor: torch.Tensor) -> ModuleType | None:
+    if _backend != "fused" or not tensor.is_cuda:
+        return None
+    return _optional_module("xformers.ops")
+
+
+def describe(device: torch.device | str) -> dict[str, str]:
+    """Which implementation each kernel uses on ``device``, for the training log."""
+    probe = torch.empty(0, device=device)
+    if _backend == "reference":
+        return dict.fromkeys(("rms_norm", "apply_rotary", "swiglu", "attention", "cross_entropy"), "reference")
+    flash = _flash_attn(probe) is not None
+    return {
+        "rms_norm": "flash-attn triton" if flash else "torch.nn.functional.rms_norm",
+        "apply_rotary": "flash-attn triton" if flash else "pytorch (fused by torch.compile)",
+        "swiglu": "xformers" if _xformers_ops(probe) is not None else "pytorch (fused by torch.compile)",
+        "attention": "flash-attn 2" if flash else "scaled_dot_product_attention",
+        "cross_entropy": "flash-attn triton" if flash else "chunked pytorch",
+    }
+
+
+# ----------------------------------------------------------------------------------------- RMSNorm
+
+
+def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """Llama's RMSNorm: normalise in fp32, cast back, then scale."""
+    x_fp32 = x.float()
+    normed = x_fp32 * torch.rsqrt(x_fp32.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * normed.to(x.dtype)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    if _backend == "reference":
+        return rms_norm_reference(x, weight, eps)
+    flash = _flash_attn(x)
+    if flash is not None:
+        from flash_attn.ops.triton.layer_norm import rms_norm_fn
+
+        return rms_norm_fn(x, weight, None, eps=eps)
+    return F.rms_norm(x, (x.shape[-1],), weight, eps)
+
+
+# ------------------------------------------------------------------------------------------ Rotary
+
+
+def rope_cache(positions: torch.Tensor, head_size: int, base: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of shape (len(positions), head_size // 2), computed in fp32 as Hugging Face does."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_size, 2, device=positions.device).float() / head_size))
+    angles = torch.outer(positions.float(), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary_reference(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate-half RoPE on x of shape (B, T, heads, head_size) with cos/sin of shape (T, head_size // 2)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    cos = cos[:, None, :].to(x.dtype)
+    sin = sin[:, None, :].to(x.dtype)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    flash = _flash_attn(x)
+    if flash is not None:
+        from flash_attn.layers.rotary import apply_rotary_emb
+
+        return apply_rotary_emb(x, cos.to(x.dtype), sin.to(x.dtype), interleaved=False)
+    return apply_rotary_reference(x, cos, sin)
+
+
+# ------------------------------------------------------------------------------------------ SwiGLU
+
+
+def swiglu_reference(
+    x: torch.Tensor,
+    w_gate: torch.Tensor,
+    w_up: torch.Tensor,
+    w_down: torch.Tensor,
+    b_gate: torch.Tensor | None = None,
+    b_up: torch.Tensor | None = None,
+    b_down: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The Llama MLP: down(silu(gate(x)) * up(x))."""
+    return F.linear(F.silu(F.linear(x, w_gate, b_gate)) * F.linear(x, w_up, b_up), w_down, b_down)
+
+
+def swiglu(
+    x: torch.Tensor,
+    w_gate: torch.Tensor,
+    w_up: torch.Tensor,
+    w_down: torch.Tensor,
+    b_gate: torch.Tensor | None = None,
+    b_up: torch.Tensor | None = None,
+    b_down: torch.Tensor | None = None,
+) -> torch.Tensor:
+    xops = _xformers_ops(x)
+    if xops is not None:
+        return xops.swiglu(x, w_gate, b_gate, w_up, b_up, w_down, b_down)
+    return swiglu_reference(x, w_gate, w_up, w_down, b_gate, b_up, b_down)
+
+
+# --------------------------------------------------------------------------------------- Attention
+
+
+def attention_reference(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Softmax attention written out. q: (B, T, H, D); k, v: (B, S, G, D) with H a multiple of G.
+
+    Without ``mask`` the attention is causal (query i sees keys 0..i); otherwise ``mask`` (T, S) is
+    True where a query may see a key. Returns (B, T, H, D).
+    """
+    q_per_kv = q.shape[2] // k.shape[2]
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    k = k.repeat_interleave(q_per_kv, dim=1)
+    v = v.repeat_interleave(q_per_kv, dim=1)
+    scores = (q @ k.transpose(-2, -1)).to(torch.promote_types(q.dtype, torch.float32)) / math.sqrt(q.shape[-1])
+    if mask is None:
+        mask = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=q.device).tril()
+    scores = scores.masked_fill(~mask, float("-inf"))
+    return (scores.softmax(dim=-1).to(v.dtype) @ v).transpose(1, 2)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    if _backend == "reference":
+        return attention_reference(q, k, v, mask)
+    flash = _flash_attn(q)
+    if flash is not None and mask is None and q.dtype in (torch.float16, torch.bfloat16):
+        return flash.flash_attn_func(q, k, v, causal=True)
+    y = F.scaled_dot_product_attention(
+        q.transpose(1, 2),
+        k.transpose(1, 2),
+        v.transpose(1, 2),
+        attn_mask=mask,
+        is_causal=mask is None,
+        enable_gqa=q.shape[2] != k.shape[2],
+    )
+    return y.transpose(1, 2)
+
+
+# ----------------------------------------------------------------------------------- Cross-entropy
+
+
+def cross_entropy_reference(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """Mean token cross-entropy over targets that are not ``ignore_index``, computed in fp32."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=ignore_index)
+
+
+class _ChunkedCrossEntropy(torch.autograd.Function):
+    """Cross-entropy that works on ``chunk_rows`` rows at a time.
+
+    It saves the logits themselves and one log-sum-exp per row, so neither pass holds more than a
+    chunk in fp32; the gradient is written chunk by chunk in the logits' dtype.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, ignore_index: int, chunk_rows: int) -> torch.Tensor:
+        valid = targets != ignore_index
+        safe_targets = targets.masked_fill(~valid, 0)
+        lse = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
+        total = torch.zeros((), dtype=torch.float32, device=logits.device)
+        for start in range(0, logits.shape[0], chunk_rows):
+            rows = slice(start, start + chunk_rows)
+            chunk = logits[rows].float()
+            lse[rows] = torch.logsumexp(chunk, dim=-1)
+            picked = chunk.gather(1, safe_targets[rows, None]).squeeze(1)
+            total += ((lse[rows] - picked) * valid[rows]).sum()
+        count = valid.sum()
+        ctx.save_for_backward(logits, safe_targets, valid, lse, count)
+        ctx.chunk_rows = chunk_rows
+        return total / count
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
+        logits, safe_targets, valid, lse, count = ctx.saved_tensors
+        scale = grad_output.float() / count
+        grad = torch.empty_like(logits)
+        for start in range(0, logits.shape[0], ctx.chunk_rows):
+            rows = slice(start, start + ctx.chunk_rows)
+            probs = (logits[rows].float() - lse[rows, None]).exp_()
+            probs.scatter_add_(1, safe_targets[rows, None], torch.full_like(probs[:, :1], -1.0))
+            probs.mul_((valid[rows] * scale)[:, None])
+            grad[rows] = probs
+        return grad, None, None, None
+
+
+def cross_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100, chunk_rows: int = 1024
+) -> torch.Tensor:
+    """Mean token cross-entropy of ``logits`` (..., V) against ``targets`` (...).
+
+    Memory beyond the logits is one fp32 chunk of ``chunk_rows`` rows, not a (B, T, V) fp32 copy. If
+    every target is ``ignore_index`` the result is NaN, as in PyTorch.
+    """
+    if _backend == "reference":
+        return cross_entropy_reference(logits, targets, ignore_index)
+    logits = logits.reshape(-1, logits.shape[-1])
+    targets = targets.reshape(-1)
+    flash = _flash_attn(logits)
+    if flash is not None:
+        from flash_attn.ops.triton.cross_entropy import cross_entropy_loss
+
+        losses, _ = cross_entropy_loss(logits, targets, ignore_index=ignore_index)
+        return losses.sum() / (targets != ignore_index).sum()
+    return _ChunkedCrossEntropy.apply(logits, targets, ignore_index, chunk_rows)

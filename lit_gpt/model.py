@@ -1,0 +1,199 @@
+"""The TinyLlama model in one file: a decoder-only Llama 2 transformer.
+
+    tokens -> embedding -> n_layer x Block -> RMSNorm -> lm_head -> logits
+    Block:  x + attention(RMSNorm(x))  then  x + SwiGLU-MLP(RMSNorm(x))
+
+Attention is causal, grouped-query (n_query_groups key/value heads shared by n_head query heads) and
+uses rotary position embeddings in the "rotate half" convention of Hugging Face Llama. The heavy
+operations go through ``lit_gpt.kernels``, which picks fused GPU kernels or exact PyTorch code.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
+
+from lit_gpt import kernels
+from lit_gpt.config import Config
+
+
+class GPT(nn.Module):
+    def __init__(self, config: Config, activation_checkpointing: bool = False) -> None:
+        super().__init__()
+        self.config = config
+        self.activation_checkpointing = activation_checkpointing
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.padded_vocab_size, config.n_embd),
+                h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
+                ln_f=RMSNorm(config.n_embd, eps=config.norm_eps),
+            )
+        )
+        self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """TinyLlama's initialisation (also used after materialising a model built on the meta device).
+
+        Every matrix is N(0, sqrt(2 / (5 n_embd))), the small-init of Nguyen & Salazar; the projections
+        that write into the residual stream get 1 / (sqrt(n_embd) n_layer) so that depth does not
+        inflate the residual.
+        """
+        std = math.sqrt(2.0 / 5.0 / self.config.n_embd)
+        residual_std = 1.0 / math.sqrt(self.config.n_embd) / self.config.n_layer
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+            if isinstance(module, RMSNorm):
+                nn.init.ones_(module.weight)
+        for block in self.transformer.h:
+            nn.init.normal_(block.attn.proj.weight, mean=0.0, std=residual_std)
+            nn.init.normal_(block.mlp.proj.weight, mean=0.0, std=residual_std)
+
+    def forward(self, idx: torch.Tensor, input_pos: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, T, padded_vocab_size) for token ids ``idx`` (B, T).
+
+        ``input_pos`` (T,) gives the absolute positions of ``idx`` when decoding with a KV cache
+        (see :meth:`set_kv_cache`); without it the tokens are positions 0..T-1.
+        """
+        T = idx.shape[1]
+        if input_pos is None:
+            if T > self.config.block_size:
+                raise ValueError(f"Sequence length {T} exceeds the model's block_size {self.config.block_size}")
+            input_pos = torch.arange(T, device=idx.device)
+        cos, sin = kernels.rope_cache(input_pos, self.config.head_size, self.config.rope_base)
+        x = self.transformer.wte(idx)
+        for block in self.transformer.h:
+            if self.activation_checkpointing and self.training:
+                x = checkpoint(block, x, cos, sin, use_reentrant=False)
+            else:
+                x = block(x, cos, sin, input_pos)
+        return self.lm_head(self.transformer.ln_f(x))
+
+    def set_kv_cache(self, batch_size: int, max_seq_length: int | None = None) -> None:
+        """Allocate a key/value cache in every block, on the model's device and dtype, for decoding."""
+        max_seq_length = max_seq_length or self.config.block_size
+        weight = self.lm_head.weight
+        for block in self.transformer.h:
+            block.attn.kv_cache = KVCache(
+                batch_size,
+                max_seq_length,
+                self.config.n_query_groups,
+                self.config.head_size,
+                weight.device,
+                weight.dtype,
+            )
+
+    def clear_kv_cache(self) -> None:
+        for block in self.transformer.h:
+            block.attn.kv_cache = None
+
+
+class Block(nn.Module):
+    def __init__(self, config: Config) -> None:
+        super().__init__()
+        self.norm_1 = RMSNorm(config.n_embd, eps=config.norm_eps)
+        self.attn = CausalSelfAttention(config)
+        self.norm_2 = RMSNorm(config.n_embd, eps=config.norm_eps)
+        self.mlp = LLaMAMLP(config)
+
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, input_pos: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        x = x + self.attn(self.norm_1(x), cos, sin, input_pos)
+        return x + self.mlp(self.norm_2(x))
+
+
+class CausalSelfAttention(nn.Module):
+    """Grouped-query attention with one fused q/k/v projection.
+
+    The fused weight is laid out group by group: for each of the n_query_groups groups, its
+    n_head / n_query_groups query heads, then its key head, then its value head (Lit-GPT's layout).
+    """
+
+    def __init__(self, config: Config) -> None:
+        super().__init__()
+        self.config = config
+        qkv_size = (config.n_head + 2 * config.n_query_groups) * config.head_size
+        self.attn = nn.Linear(config.n_embd, qkv_size, bias=config.bias)
+        self.proj = nn.Linear(config.n_head * config.head_size, config.n_embd, bias=config.bias)
+        self.kv_cache: KVCache | None = None
+
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, input_pos: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        B, T, _ = x.shape
+        groups, head_size = self.config.n_query_groups, self.config.head_size
+        q_per_kv = self.config.n_head // groups
+        qkv = self.attn(x).view(B, T, groups, q_per_kv + 2, head_size)
+        q = qkv[:, :, :, :q_per_kv].reshape(B, T, self.config.n_head, head_size)
+        k = qkv[:, :, :, q_per_kv]
+        v = qkv[:, :, :, q_per_kv + 1]
+        q = kernels.apply_rotary(q, cos, sin)
+        k = kernels.apply_rotary(k, cos, sin)
+        mask = None
+        if self.kv_cache is not None:
+            if input_pos is None:
+                raise ValueError("A model with a KV cache needs input_pos")
+            k, v = self.kv_cache.update(input_pos, k, v)
+            mask = torch.arange(k.shape[1], device=x.device)[None, :] <= input_pos[:, None]
+        y = kernels.attention(q, k, v, mask)
+        return self.proj(y.reshape(B, T, self.config.n_head * head_size))
+
+
+class KVCache(nn.Module):
+    """Keys and values of the positions decoded so far, for incremental generation."""
+
+    def __init__(
+        self,
+        batch_size: int,
+        max_seq_length: int,
+        n_query_groups: int,
+        head_size: int,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> None:
+        super().__init__()
+        shape = (batch_size, max_seq_length, n_query_groups, head_size)
+        self.register_buffer("k", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
+
+    def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (B, T, G, D) at ``input_pos`` and return the cache up to the last of them."""
+        if int(input_pos[-1]) >= self.k.shape[1]:
+            raise ValueError(f"Position {int(input_pos[-1])} is past the KV cache length {self.k.shape[1]}")
+        self.k[:, input_pos] = k.to(self.k.dtype)
+        self.v[:, input_pos] = v.to(self.v.dtype)
+        end = int(input_pos[-1]) + 1
+        return self.k[:, :end], self.v[:, :end]
+
+
+class LLaMAMLP(nn.Module):
+    """SwiGLU feed-forward: fc_1 is the gate, fc_2 the up projection, proj the down projection."""
+
+    def __init__(self, config: Config) -> None:
+        super().__init__()
+        self.fc_1 = nn.Linear(config.n_embd, config.intermediate_size, bias=config.bias)
+        self.fc_2 = nn.Linear(config.n_embd, config.intermediate_size, bias=config.bias)
+        self.proj = nn.Linear(config.intermediate_size, config.n_embd, bias=config.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return kernels.swiglu(
+            x, self.fc_1.weight, self.fc_2.weight, self.proj.weight, self.fc_1.bias, self.fc_2.bias, self.proj.bias
+        )
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, size: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return kernels.rms_norm(x, self.weight, self.eps)

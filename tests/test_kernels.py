@@ -1,0 +1,180 @@
+"""Each kernel's fast path against its reference, and each reference against an independent formula."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lit_gpt import kernels
+
+from conftest import DEVICES
+
+
+def values_and_grads(fn, *inputs):
+    inputs = [x.detach().clone().requires_grad_(x.is_floating_point()) for x in inputs]
+    out = fn(*inputs)
+    generator = torch.Generator(out.device).manual_seed(0)
+    out.backward(torch.randn(out.shape, generator=generator, device=out.device, dtype=out.dtype))
+    return out.detach(), [x.grad for x in inputs if x.requires_grad]
+
+
+def assert_same(fast, reference, atol, rtol):
+    (fast_out, fast_grads), (ref_out, ref_grads) = fast, reference
+    torch.testing.assert_close(fast_out, ref_out, atol=atol, rtol=rtol)
+    for fast_grad, ref_grad in zip(fast_grads, ref_grads, strict=True):
+        torch.testing.assert_close(fast_grad, ref_grad, atol=atol, rtol=rtol)
+
+
+# bf16 keeps 8 bits of mantissa; gradients summed over many rows (a norm's weight) differ by a few ulps.
+TOLERANCE = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.bfloat16: dict(atol=1e-1, rtol=5e-2)}
+
+
+def both_backends(fn, *inputs):
+    with kernels.use_backend("fused"):
+        fast = values_and_grads(fn, *inputs)
+    with kernels.use_backend("reference"):
+        reference = values_and_grads(fn, *inputs)
+    return fast, reference
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rms_norm_fused_equals_reference(device, dtype):
+    x = torch.randn(3, 17, 64, device=device, dtype=dtype)
+    weight = torch.randn(64, device=device, dtype=dtype)
+    assert_same(*both_backends(lambda x, w: kernels.rms_norm(x, w, 1e-5), x, weight), **TOLERANCE[dtype])
+
+
+def test_rms_norm_reference_is_llama_rmsnorm():
+    x = torch.randn(4, 8, dtype=torch.float64)
+    weight = torch.rand(8, dtype=torch.float64)
+    expected = torch.stack([weight * row / (row.square().sum() / 8 + 1e-6).sqrt() for row in x])
+    torch.testing.assert_close(kernels.rms_norm_reference(x, weight, 1e-6), expected)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_apply_rotary_fused_equals_reference(device, dtype):
+    x = torch.randn(2, 16, 4, 32, device=device, dtype=dtype)
+    cos, sin = kernels.rope_cache(torch.arange(16, device=device), 32, 10000)
+    with kernels.use_backend("fused"):
+        fast = values_and_grads(lambda x: kernels.apply_rotary(x, cos, sin), x)
+    reference = values_and_grads(lambda x: kernels.apply_rotary_reference(x, cos, sin), x)
+    assert_same(fast, reference, **TOLERANCE[dtype])
+
+
+def test_rotary_reference_rotates_each_half_pair_as_a_complex_number():
+    T, D, base = 9, 16, 10000
+    x = torch.randn(1, T, 2, D, dtype=torch.float64)
+    cos, sin = kernels.rope_cache(torch.arange(T), D, base)
+    actual = kernels.apply_rotary_reference(x, cos.double(), sin.double())
+    # Dimension j pairs with j + D/2 (rotate-half); the pair turns by angle t / base^(2j/D).
+    pairs = torch.complex(x[..., : D // 2], x[..., D // 2 :])
+    angles = torch.tensor([[t / base ** (2 * j / D) for j in range(D // 2)] for t in range(T)], dtype=torch.float64)
+    rotated = pairs * torch.polar(torch.ones_like(angles), angles)[None, :, None, :]
+    expected = torch.cat((rotated.real, rotated.imag), dim=-1)
+    torch.testing.assert_close(actual, expected, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_swiglu_fused_equals_reference(device, dtype):
+    x = torch.randn(2, 8, 32, device=device, dtype=dtype)
+    w_gate, w_up = (torch.randn(48, 32, device=device, dtype=dtype) / 6 for _ in range(2))
+    w_down = torch.randn(32, 48, device=device, dtype=dtype) / 7
+    with kernels.use_backend("fused"):
+        fast = values_and_grads(kernels.swiglu, x, w_gate, w_up, w_down)
+    reference = values_and_grads(kernels.swiglu_reference, x, w_gate, w_up, w_down)
+    assert_same(fast, reference, **TOLERANCE[dtype])
+
+
+def test_swiglu_reference_is_silu_gated_linear_unit():
+    x, w_gate, w_up, w_down = torch.randn(5, 4), torch.randn(6, 4), torch.randn(6, 4), torch.randn(4, 6)
+    gate = x @ w_gate.T
+    expected = ((gate * torch.sigmoid(gate)) * (x @ w_up.T)) @ w_down.T
+    torch.testing.assert_close(kernels.swiglu_reference(x, w_gate, w_up, w_down), expected)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("groups", [1, 2, 8])
+def test_attention_fused_equals_reference(device, dtype, groups):
+    q = torch.randn(2, 24, 8, 16, device=device, dtype=dtype)
+    k, v = (torch.randn(2, 24, groups, 16, device=device, dtype=dtype) for _ in range(2))
+    assert_same(*both_backends(kernels.attention, q, k, v), **TOLERANCE[dtype])
+
+
+def test_attention_with_a_mask_equals_reference():
+    q = torch.randn(1, 3, 4, 8)
+    k, v = torch.randn(1, 10, 2, 8), torch.randn(1, 10, 2, 8)
+    mask = torch.arange(10)[None, :] <= torch.tensor([7, 8, 9])[:, None]
+    assert_same(*both_backends(lambda q, k, v: kernels.attention(q, k, v, mask), q, k, v), atol=1e-5, rtol=1e-5)
+
+
+def test_attention_reference_is_causal_softmax_attention():
+    q, k, v = torch.randn(1, 5, 2, 4), torch.randn(1, 5, 1, 4), torch.randn(1, 5, 1, 4)
+    out = kernels.attention_reference(q, k, v)
+    for head in range(2):
+        for t in range(5):
+            weights = torch.softmax(torch.stack([q[0, t, head] @ k[0, s, 0] / 2 for s in range(t + 1)]), 0)
+            expected = sum(w * v[0, s, 0] for s, w in enumerate(weights))
+            torch.testing.assert_close(out[0, t, head], expected)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("chunk_rows", [7, 1024])
+def test_cross_entropy_fused_equals_reference(device, dtype, chunk_rows):
+    logits = (torch.randn(3, 11, 300, device=device) * 4).to(dtype)
+    targets = torch.randint(0, 300, (3, 11), device=device)
+    targets[0, :4] = -100
+    fn = lambda logits: kernels.cross_entropy(logits, targets, chunk_rows=chunk_rows)  # noqa: E731
+    (fast_out, [fast_grad]), (ref_out, [ref_grad]) = both_backends(lambda logits: fn(logits).unsqueeze(0), logits)
+    assert fast_grad.dtype == dtype
+    torch.testing.assert_close(fast_out, ref_out, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast_grad.float(), ref_grad.float(), **TOLERANCE[dtype])
+
+
+def test_cross_entropy_reference_is_mean_negative_log_likelihood():
+    logits, targets = torch.randn(6, 5, dtype=torch.float64), torch.tensor([0, 4, -100, 2, 2, -100])
+    expected = -sum(torch.log_softmax(logits[i], 0)[targets[i]] for i in (0, 1, 3, 4)) / 4
+    torch.testing.assert_close(kernels.cross_entropy_reference(logits, targets), expected.float())
+
+
+def test_cross_entropy_keeps_no_fp32_copy_of_the_logits():
+    logits = torch.randn(4, 64, 512, dtype=torch.bfloat16, requires_grad=True)
+    targets = torch.randint(0, 512, (4, 64))
+    saved: list[torch.Tensor] = []
+
+    def record(tensor):
+        saved.append(tensor)
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(record, lambda t: t):
+        kernels.cross_entropy(logits, targets, chunk_rows=32)
+    assert any(t.data_ptr() == logits.data_ptr() for t in saved)  # the logits themselves, not a copy
+    large = [t for t in saved if t.numel() >= logits.numel() and t.data_ptr() != logits.data_ptr()]
+    assert not large, [(t.dtype, tuple(t.shape)) for t in large]
+
+
+def test_reference_cross_entropy_would_fail_the_memory_check():
+    """The check above can fail: PyTorch's own loss saves a (rows, V) fp32 tensor."""
+    logits = torch.randn(8, 512, dtype=torch.bfloat16, requires_grad=True)
+    sizes = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: sizes.append(t.numel()) or t, lambda t: t):
+        F.cross_entropy(logits.float(), torch.randint(0, 512, (8,)))
+    assert max(sizes) >= logits.numel()
+
+
+def test_unknown_backend_is_refused():
+    with pytest.raises(ValueError, match="Unknown kernel backend 'triton'"):
+        kernels.set_backend("triton")
+
+
+def test_describe_names_the_cpu_paths():
+    assert kernels.describe("cpu") == {
+        "rms_norm": "torch.nn.functional.rms_norm",
+        "apply_rotary": "pytorch (fused by torch.compile)",
+        "swiglu": "pytorch (fused by torch.compile)",
+        "attention": "scaled_dot_product_attention",
+        "cross_entropy": "chunked pytorch",
+    }
