@@ -1,0 +1,64 @@
+"""Tokenize SlimPajama-627B (``{split}/chunk*/*.jsonl.zst``) into packed shards, without its GitHub subset."""
+
+from __future__ import annotations
+
+import os
+import sys
+from functools import partial
+from pathlib import Path
+
+from jsonargparse import CLI
+
+from lit_gpt.data.corpora import read_slimpajama, slimpajama_files
+from lit_gpt.data.prepare import prepare_corpus, select_files
+
+
+def prepare(
+    source_path: Path = Path("data/SlimPajama-627B"),
+    tokenizer_path: Path = Path("checkpoints/Llama-2-7b-hf/tokenizer.model"),
+    destination_path: Path | None = None,
+    split: str = "train",
+    chunk_size: int = 2049 * 1024,
+    percentage: float = 1.0,
+    num_workers: int | None = None,
+    num_shards: int = 1,
+    shard_index: int = 0,
+    exclude_sets: list[str] | None = None,
+) -> None:
+    """Tokenize one split of SlimPajama into shards named ``{split}_slimpajama_{shard_index}_{n}.bin``.
+
+    Rerunning the same command after a crash resumes where it stopped; shards do not depend on
+    ``num_workers``. Exits with status 1 if some input file could not be read at all.
+
+    Args:
+        source_path: the SlimPajama-627B directory, holding ``train/``, ``validation/`` and ``test/``.
+        tokenizer_path: a SentencePiece tokenizer.model (TinyLlama uses Llama 2's) or its directory.
+        destination_path: where the shards go; default ``data/slimpajama/{split}``.
+        split: ``train``, ``validation`` or ``test``.
+        chunk_size: tokens per shard: a multiple of block_size + 1 (2049 for TinyLlama).
+        percentage: fraction of the (sorted) input files to use.
+        num_workers: tokenizing processes; default: all cores.
+        num_shards: number of machines (or SLURM array tasks) sharing the job.
+        shard_index: this machine's index in [0, num_shards): it takes every num_shards-th file.
+        exclude_sets: RedPajama sets (``meta.redpajama_set_name``) left out; default: RedPajamaGithub,
+            as TinyLlama takes its code from StarCoderData instead.
+    """
+    files = select_files(slimpajama_files(source_path, split), percentage, num_shards, shard_index)
+    excluded = frozenset(["RedPajamaGithub"] if exclude_sets is None else exclude_sets)
+    progress = prepare_corpus(
+        files,
+        partial(read_slimpajama, exclude_sets=excluded),
+        source="slimpajama",
+        tokenizer_path=tokenizer_path,
+        destination_path=destination_path or Path("data/slimpajama") / split,
+        split=split,
+        chunk_size=chunk_size,
+        num_workers=num_workers or os.cpu_count() or 1,
+        shard_index=shard_index,
+    )
+    if progress.failed_files:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    CLI(prepare, as_positional=False)

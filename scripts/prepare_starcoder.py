@@ -1,0 +1,62 @@
+"""Tokenize StarCoderData (``<language>/*.parquet``, column ``content``) into packed shards."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from jsonargparse import CLI
+
+from lit_gpt.data.corpora import read_starcoder, starcoder_files
+from lit_gpt.data.prepare import prepare_corpus, select_files
+
+
+def prepare(
+    source_path: Path = Path("data/starcoderdata"),
+    tokenizer_path: Path = Path("checkpoints/Llama-2-7b-hf/tokenizer.model"),
+    destination_path: Path | None = None,
+    split: str = "train",
+    chunk_size: int = 2049 * 1024,
+    percentage: float = 1.0,
+    num_workers: int | None = None,
+    num_shards: int = 1,
+    shard_index: int = 0,
+    languages: list[str] | None = None,
+) -> None:
+    """Tokenize StarCoderData into shards named ``{split}_starcoder_{shard_index}_{n}.bin``.
+
+    Rerunning the same command after a crash resumes where it stopped; shards do not depend on
+    ``num_workers``. Exits with status 1 if some input file could not be read at all.
+
+    Args:
+        source_path: the starcoderdata directory, one sub-directory per language.
+        tokenizer_path: a SentencePiece tokenizer.model (TinyLlama uses Llama 2's) or its directory.
+        destination_path: where the shards go; default ``data/starcoder/{split}``.
+        split: the name given to the shards (StarCoderData has only a training set).
+        chunk_size: tokens per shard: a multiple of block_size + 1 (2049 for TinyLlama).
+        percentage: fraction of the (sorted) input files to use.
+        num_workers: tokenizing processes; default: all cores.
+        num_shards: number of machines (or SLURM array tasks) sharing the job.
+        shard_index: this machine's index in [0, num_shards): it takes every num_shards-th file.
+        languages: language directories to use, e.g. ``[python, jupyter]`` for TinyLlama v1.1
+            Math&Code; default: all of them.
+    """
+    files = select_files(starcoder_files(source_path, languages), percentage, num_shards, shard_index)
+    progress = prepare_corpus(
+        files,
+        read_starcoder,
+        source="starcoder",
+        tokenizer_path=tokenizer_path,
+        destination_path=destination_path or Path("data/starcoder") / split,
+        split=split,
+        chunk_size=chunk_size,
+        num_workers=num_workers or os.cpu_count() or 1,
+        shard_index=shard_index,
+    )
+    if progress.failed_files:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    CLI(prepare, as_positional=False)

@@ -1,0 +1,234 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import zstandard
+
+from lit_gpt import Tokenizer
+from lit_gpt.data.shards import read_shard
+
+from conftest import DEMO_TOKENIZER, REPO_ROOT
+
+TOKENIZER = Tokenizer(DEMO_TOKENIZER)
+WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
+
+
+def document(i: int) -> str:
+    return f"Document {i}: " + " ".join(WORDS[(i * 7 + j) % len(WORDS)] for j in range(20 + i % 50)) + "\n"
+
+
+def write_zst(path: Path, lines: list[bytes]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(zstandard.ZstdCompressor().compress(b"".join(line + b"\n" for line in lines)))
+
+
+def record(text, set_name="RedPajamaC4") -> bytes:
+    return json.dumps({"text": text, "meta": {"redpajama_set_name": set_name}}).encode()
+
+
+def slimpajama_corpus(root: Path, files: int = 6, docs_per_file: int = 30) -> list[str]:
+    """A clean SlimPajama-layout corpus; returns the documents in file order."""
+    kept = []
+    for f in range(files):
+        texts = [document(f * 1000 + d) for d in range(docs_per_file)]
+        write_zst(root / "train" / f"chunk{1 + f % 2}" / f"example_train_{f}.jsonl.zst", [record(t) for t in texts])
+        kept.append((f"chunk{1 + f % 2}/example_train_{f}", texts))
+    return [text for _, texts in sorted(kept) for text in texts]
+
+
+def run_prepare(script: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    command = [sys.executable, str(REPO_ROOT / "scripts" / script), "--tokenizer_path", str(DEMO_TOKENIZER), *args]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(result.stdout + result.stderr)
+    return result
+
+
+def shard_tokens(directory: Path) -> np.ndarray:
+    return np.concatenate([read_shard(p) for p in sorted(directory.glob("*.bin"))])
+
+
+def split_documents(tokens: np.ndarray) -> list[list[int]]:
+    """The token stream cut at each BOS: one list per document, BOS dropped."""
+    starts = np.flatnonzero(tokens == TOKENIZER.bos_id)
+    assert starts[0] == 0
+    return [tokens[a + 1 : b].tolist() for a, b in zip(starts, [*starts[1:], len(tokens)], strict=True)]
+
+
+def shard_bytes(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.glob("*.bin"))}
+
+
+def test_bad_input_is_skipped_counted_and_no_token_is_lost(tmp_path):
+    source = tmp_path / "slim"
+    good = [document(i) for i in range(2005)]  # b holds 2,000: past zstd's 128 kB block, so a cut keeps some
+    lines = [
+        record(good[0]),
+        b'{"text": "unterminated',
+        record(good[1]),
+        json.dumps({"meta": {}}).encode(),
+        b'{"text": "bad byte \xff here"}',
+        record("   \n"),
+        record("import os\n", set_name="RedPajamaGithub"),
+        json.dumps({"text": "lone surrogate \ud800"}).encode(),
+        record(good[2]),
+    ]
+    write_zst(source / "train" / "chunk1" / "a.jsonl.zst", lines)
+    whole = zstandard.ZstdCompressor().compress(b"".join(record(t) + b"\n" for t in good[3:2003]))
+    (source / "train" / "chunk1" / "b.jsonl.zst").write_bytes(whole[: len(whole) * 2 // 3])  # truncated
+    (source / "train" / "chunk1" / "c.jsonl.zst").write_bytes(b"this is no zstd file at all")
+    write_zst(source / "train" / "chunk2" / "d.jsonl.zst", [record(t) for t in good[2003:]])
+    out = tmp_path / "out"
+
+    result = run_prepare(
+        "prepare_slimpajama.py",
+        "--source_path",
+        str(source),
+        "--destination_path",
+        str(out),
+        "--chunk_size",
+        "100",
+        check=False,
+    )
+    assert result.returncode == 1, result.stderr  # one whole file could not be read
+    assert "c.jsonl.zst: not a readable zstd file" in result.stderr
+    for reason, count in [
+        ("malformed JSON", 1),
+        ("no text field", 1),
+        ("invalid UTF-8", 2),
+        ("empty document", 1),
+        ("excluded set RedPajamaGithub", 1),
+        ("truncated file", 1),
+        ("unreadable file", 1),
+    ]:
+        assert f"skipped {count:,} x {reason}" in result.stdout, (reason, result.stdout)
+    assert f"{source / 'train' / 'chunk1' / 'a.jsonl.zst'}:2" in result.stdout  # file:line of the bad JSON
+
+    documents = split_documents(shard_tokens(out))
+    truncated_kept = len(documents) - 3 - 2  # the documents read from b before it ends
+    assert 0 < truncated_kept < 2000
+    kept = good[:3] + good[3 : 3 + truncated_kept] + good[2003:]
+    assert documents == [TOKENIZER.encode(text, bos=False) for text in kept]
+    assert len(shard_tokens(out)) == sum(1 + len(TOKENIZER.encode(text, bos=False)) for text in kept)
+    manifest = json.loads((out / "train_slimpajama_0.manifest.json").read_text())
+    assert manifest["complete"] and manifest["tokens"] == len(shard_tokens(out))
+
+
+def test_output_does_not_depend_on_the_number_of_workers(tmp_path):
+    documents = slimpajama_corpus(tmp_path / "slim")
+    outputs = []
+    for workers in (1, 2):
+        out = tmp_path / f"out{workers}"
+        args = ["--source_path", str(tmp_path / "slim"), "--destination_path", str(out)]
+        run_prepare("prepare_slimpajama.py", *args, "--chunk_size", "1000", "--num_workers", str(workers))
+        outputs.append(shard_bytes(out))
+    assert outputs[0] == outputs[1] and len(outputs[0]) > 2
+    tokens = shard_tokens(tmp_path / "out1")
+    assert split_documents(tokens) == [TOKENIZER.encode(text, bos=False) for text in documents]
+    assert all(len(read_shard(tmp_path / "out1" / name)) == 1000 for name in list(outputs[0])[:-1])
+
+
+def test_machines_split_the_files_and_write_disjoint_shards(tmp_path):
+    documents = slimpajama_corpus(tmp_path / "slim", files=5)
+    out = tmp_path / "out"
+    for index in range(2):
+        args = ["--source_path", str(tmp_path / "slim"), "--destination_path", str(out), "--chunk_size", "500"]
+        run_prepare("prepare_slimpajama.py", *args, "--num_shards", "2", "--shard_index", str(index))
+    names = sorted(p.name for p in out.glob("*.bin"))
+    assert any(n.startswith("train_slimpajama_0_") for n in names) and any("_1_" in n for n in names)
+    together = [
+        doc
+        for index in range(2)
+        for doc in split_documents(
+            np.concatenate([read_shard(p) for p in sorted(out.glob(f"train_slimpajama_{index}_*.bin"))])
+        )
+    ]
+    assert sorted(together) == sorted(TOKENIZER.encode(text, bos=False) for text in documents)
+
+
+def test_a_killed_run_resumes_and_gives_the_same_shards(tmp_path):
+    source = tmp_path / "slim"
+    slimpajama_corpus(source, files=6)
+    reference = tmp_path / "reference"
+    args = ["--source_path", str(source), "--chunk_size", "700", "--num_workers", "1"]
+    run_prepare("prepare_slimpajama.py", *args, "--destination_path", str(reference))
+
+    # The fourth file (in sorted order) becomes a FIFO: reading it blocks, so the run is caught mid-way.
+    blocking = sorted((source / "train").glob("chunk*/*.jsonl.zst"))[3]
+    content = blocking.read_bytes()
+    blocking.unlink()
+    os.mkfifo(blocking)
+    out = tmp_path / "out"
+    command = [sys.executable, str(REPO_ROOT / "scripts" / "prepare_slimpajama.py"), "--tokenizer_path"]
+    process = subprocess.Popen([*command, str(DEMO_TOKENIZER), *args, "--destination_path", str(out)])
+    manifest = out / "train_slimpajama_0.manifest.json"
+    deadline = time.monotonic() + 60
+    while not (manifest.exists() and json.loads(manifest.read_text())["files_done"] == 3):
+        assert time.monotonic() < deadline and process.poll() is None
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert 0 < len(list(out.glob("*.bin"))) < len(list(reference.glob("*.bin")))
+
+    blocking.unlink()
+    blocking.write_bytes(content)
+    result = run_prepare("prepare_slimpajama.py", *args, "--destination_path", str(out))
+    assert "Resuming after 3 of 6 files" in result.stdout
+    assert shard_bytes(out) == shard_bytes(reference)
+    assert not list(out.glob(".*"))  # no temporary or pending files left
+
+
+def test_rerun_of_a_finished_job_does_nothing_and_other_settings_are_refused(tmp_path):
+    slimpajama_corpus(tmp_path / "slim", files=2)
+    args = ["--source_path", str(tmp_path / "slim"), "--destination_path", str(tmp_path / "out")]
+    run_prepare("prepare_slimpajama.py", *args, "--chunk_size", "500")
+    before = shard_bytes(tmp_path / "out")
+    assert "nothing to do" in run_prepare("prepare_slimpajama.py", *args, "--chunk_size", "500").stdout
+    assert shard_bytes(tmp_path / "out") == before
+    result = run_prepare("prepare_slimpajama.py", *args, "--chunk_size", "600", check=False)
+    assert result.returncode != 0 and "other settings (chunk_size differ)" in result.stderr
+
+
+def test_starcoder_reads_selected_languages_and_skips_bad_rows(tmp_path):
+    source = tmp_path / "star"
+    (source / "python").mkdir(parents=True)
+    (source / "c").mkdir()
+    (source / "java").mkdir()
+    pq.write_table(
+        pa.table({"content": ["def f():\n    return 1\n", None, "", "x = 'é'\n"]}), source / "python" / "a.parquet"
+    )
+    pq.write_table(pa.table({"content": ["int main() { return 0; }\n"]}), source / "c" / "b.parquet")
+    pq.write_table(pa.table({"text": ["no content column"]}), source / "c" / "c.parquet")
+    pq.write_table(pa.table({"content": ["class A {}\n"]}), source / "java" / "d.parquet")
+    out = tmp_path / "out"
+    args = ["--source_path", str(source), "--destination_path", str(out), "--languages", "[python, c]"]
+    result = run_prepare("prepare_starcoder.py", *args, check=False)
+    assert result.returncode == 1 and "c.parquet: no 'content' column" in result.stderr
+    assert "skipped 1 x no text field" in result.stdout and "skipped 1 x empty document" in result.stdout
+    expected = ["int main() { return 0; }\n", "def f():\n    return 1\n", "x = 'é'\n"]  # c/ sorts before python/
+    assert split_documents(shard_tokens(out)) == [TOKENIZER.encode(t, bos=False) for t in expected]
+    assert sorted(p.name for p in out.glob("*.bin")) == ["train_starcoder_0_0000000000.bin"]
+
+
+def test_missing_inputs_are_clear_errors(tmp_path):
+    result = run_prepare("prepare_slimpajama.py", "--source_path", str(tmp_path), check=False)
+    assert result.returncode != 0 and "No input files for the slimpajama train split" in result.stderr
+    result = run_prepare("prepare_starcoder.py", "--source_path", str(tmp_path), "--languages", "[rust]", check=False)
+    assert result.returncode != 0 and f"No StarCoder language directory {tmp_path / 'rust'}" in result.stderr
+
+
+@pytest.mark.parametrize("percentage", ["0", "1.5"])
+def test_percentage_outside_the_unit_interval_is_refused(tmp_path, percentage):
+    slimpajama_corpus(tmp_path / "slim", files=1)
+    result = run_prepare(
+        "prepare_slimpajama.py", "--source_path", str(tmp_path / "slim"), "--percentage", percentage, check=False
+    )
+    assert result.returncode != 0 and "percentage must be in (0, 1]" in result.stderr
