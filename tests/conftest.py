@@ -1,10 +1,17 @@
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+from lit_gpt import Tokenizer
+from lit_gpt.data.shards import read_shard
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_TOKENIZER = REPO_ROOT / "assets" / "tokenizer" / "tokenizer.model"
+TOKENIZER = Tokenizer(DEMO_TOKENIZER)
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 DEVICES = ["cpu", pytest.param("cuda", marks=requires_cuda)]
@@ -14,3 +21,22 @@ DEVICES = ["cpu", pytest.param("cuda", marks=requires_cuda)]
 def seed() -> None:
     """Every test draws the same random numbers on every run."""
     torch.manual_seed(0)
+
+
+def run_prepare(script: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    command = [sys.executable, str(REPO_ROOT / "scripts" / script), "--tokenizer_path", str(DEMO_TOKENIZER), *args]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(result.stdout + result.stderr)
+    return result
+
+
+def shard_tokens(directory: Path) -> np.ndarray:
+    return np.concatenate([read_shard(p) for p in sorted(directory.glob("*.bin"))])
+
+
+def split_documents(tokens: np.ndarray) -> list[list[int]]:
+    """The token stream cut at each BOS: one list per document, BOS dropped."""
+    starts = np.flatnonzero(tokens == TOKENIZER.bos_id)
+    assert starts[0] == 0
+    return [tokens[a + 1 : b].tolist() for a, b in zip(starts, [*starts[1:], len(tokens)], strict=True)]

@@ -12,12 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from lit_gpt import Tokenizer
 from lit_gpt.data.shards import read_shard
 
-from conftest import DEMO_TOKENIZER, REPO_ROOT
+from conftest import DEMO_TOKENIZER, REPO_ROOT, TOKENIZER, run_prepare, shard_tokens, split_documents
 
-TOKENIZER = Tokenizer(DEMO_TOKENIZER)
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
 
 
@@ -42,25 +40,6 @@ def slimpajama_corpus(root: Path, files: int = 6, docs_per_file: int = 30) -> li
         write_zst(root / "train" / f"chunk{1 + f % 2}" / f"example_train_{f}.jsonl.zst", [record(t) for t in texts])
         kept.append((f"chunk{1 + f % 2}/example_train_{f}", texts))
     return [text for _, texts in sorted(kept) for text in texts]
-
-
-def run_prepare(script: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    command = [sys.executable, str(REPO_ROOT / "scripts" / script), "--tokenizer_path", str(DEMO_TOKENIZER), *args]
-    result = subprocess.run(command, capture_output=True, text=True)
-    if check and result.returncode != 0:
-        raise AssertionError(result.stdout + result.stderr)
-    return result
-
-
-def shard_tokens(directory: Path) -> np.ndarray:
-    return np.concatenate([read_shard(p) for p in sorted(directory.glob("*.bin"))])
-
-
-def split_documents(tokens: np.ndarray) -> list[list[int]]:
-    """The token stream cut at each BOS: one list per document, BOS dropped."""
-    starts = np.flatnonzero(tokens == TOKENIZER.bos_id)
-    assert starts[0] == 0
-    return [tokens[a + 1 : b].tolist() for a, b in zip(starts, [*starts[1:], len(tokens)], strict=True)]
 
 
 def shard_bytes(directory: Path) -> dict[str, bytes]:
