@@ -129,7 +129,7 @@ def test_mixture_follows_the_weights(two_sources):
 
 
 def test_a_ramp_moves_the_mixture_with_tokens(two_sources):
-    ramp_tokens = 10_000 * (BLOCK_SIZE + 1)  # the whole ramp spans the first 10,000 blocks
+    ramp_tokens = 10_000 * BLOCK_SIZE  # the whole ramp spans the first 10,000 blocks
     ramp = lambda tokens: [1 - min(tokens / ramp_tokens, 1.0), min(tokens / ramp_tokens, 1.0)]  # noqa: E731
     loader = create_loader(list(two_sources), BLOCK_SIZE, 10, weights=ramp)
     drawn = [s for _, batch in zip(range(1500), loader, strict=False) for s in source_of(batch)]

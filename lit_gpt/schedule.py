@@ -1,0 +1,105 @@
+"""Learning-rate, data-mixture and batch-size schedules: pure functions of the step or of tokens seen.
+
+A run is a list of stages (TinyLlama v1.1: basic pretraining, continual pretraining with a domain
+mixture that ramps in, cooldown with a larger batch). A stage has a token budget, a global batch size
+and a mixture; the learning rate follows one warmup + cosine curve across all stages. Tokens count
+trained positions: ``sequences x block_size``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from dataclasses import dataclass
+
+
+def cosine_lr(step: int, max_lr: float, min_lr: float, warmup_steps: int, max_steps: int) -> float:
+    """Linear warmup to ``max_lr`` over ``warmup_steps`` steps, then cosine decay to ``min_lr``.
+
+    Step 0 already trains (lr = max_lr / warmup_steps), the last warmup step uses ``max_lr`` and the
+    last step, ``max_steps - 1``, uses exactly ``min_lr``.
+    """
+    if step < warmup_steps:
+        return max_lr * (step + 1) / warmup_steps
+    decay_steps = max(max_steps - 1 - warmup_steps, 1)
+    progress = min((step - warmup_steps) / decay_steps, 1.0)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (max_lr - min_lr)
+
+
+@dataclass
+class Stage:
+    """One stage of a run.
+
+    Args:
+        name: shown in logs.
+        tokens: the stage's token budget (rounded up to whole steps).
+        global_batch_size: sequences per optimizer step; default: the run's.
+        weights: mixture as {source name: weight}; default: the run's source weights.
+        ramp_from: a mixture to move away from linearly over the first ``ramp_tokens`` of the stage.
+        ramp_tokens: length of that ramp.
+    """
+
+    name: str
+    tokens: int
+    global_batch_size: int | None = None
+    weights: dict[str, float] | None = None
+    ramp_from: dict[str, float] | None = None
+    ramp_tokens: int = 0
+
+
+class StagePlan:
+    """Where each stage starts, in steps and in tokens, and what it asks for at any point."""
+
+    def __init__(self, stages: list[Stage], sources: dict[str, float], global_batch_size: int, block_size: int) -> None:
+        if not stages:
+            raise ValueError("A run needs at least one stage")
+        self.sources = list(sources)
+        self.block_size = block_size
+        self.stages, self.batch_sizes, self.mixtures = stages, [], []
+        self.start_steps, self.start_tokens = [0], [0]
+        for stage in stages:
+            batch = stage.global_batch_size or global_batch_size
+            if stage.tokens <= 0 or batch <= 0:
+                raise ValueError(f"Stage {stage.name!r} needs a positive token budget and batch size")
+            for mixture in (stage.weights, stage.ramp_from):
+                unknown = set(mixture or {}) - set(sources)
+                if unknown:
+                    raise ValueError(f"Stage {stage.name!r} names unknown data sources {sorted(unknown)}")
+            steps = math.ceil(stage.tokens / (batch * block_size))
+            self.batch_sizes.append(batch)
+            self.mixtures.append(self._vector(stage.weights or sources))
+            self.start_steps.append(self.start_steps[-1] + steps)
+            self.start_tokens.append(self.start_tokens[-1] + steps * batch * block_size)
+
+    def _vector(self, mixture: dict[str, float]) -> list[float]:
+        return [float(mixture.get(name, 0.0)) for name in self.sources]
+
+    @property
+    def max_steps(self) -> int:
+        return self.start_steps[-1]
+
+    @property
+    def max_tokens(self) -> int:
+        return self.start_tokens[-1]
+
+    def stage_index(self, step: int) -> int:
+        return min(bisect.bisect_right(self.start_steps, step) - 1, len(self.stages) - 1)
+
+    def global_batch_size(self, step: int) -> int:
+        return self.batch_sizes[self.stage_index(step)]
+
+    def tokens_before(self, step: int) -> int:
+        """Tokens trained before ``step`` starts."""
+        index = self.stage_index(step)
+        return self.start_tokens[index] + (step - self.start_steps[index]) * self.batch_sizes[index] * self.block_size
+
+    def weights(self, tokens: int) -> list[float]:
+        """The mixture, one weight per source in declaration order, after ``tokens`` tokens."""
+        index = min(bisect.bisect_right(self.start_tokens, tokens) - 1, len(self.stages) - 1)
+        stage, target = self.stages[index], self.mixtures[index]
+        into_stage = tokens - self.start_tokens[index]
+        if stage.ramp_from is None or into_stage >= stage.ramp_tokens:
+            return target
+        fraction = into_stage / stage.ramp_tokens
+        start = self._vector(stage.ramp_from)
+        return [a + (b - a) * fraction for a, b in zip(start, target, strict=True)]
