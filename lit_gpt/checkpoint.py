@@ -1,12 +1,63 @@
-"""Checkpoint formats: the one table that maps Lit-GPT parameter names to Hugging Face Llama's, both ways."""
+"""Checkpoints: atomic training-state directories, and the one Lit-GPT <-> Hugging Face name map.
+
+A training checkpoint is ``out_dir/step-{step:08d}/``: the sharded model and optimizer state written by
+Fabric (torch.distributed.checkpoint, one file per rank), its ``meta.pt`` with counters, loader
+positions and RNG state, and ``model_config.json`` and ``hyperparameters.json`` so that the directory
+describes itself. It is written as ``out_dir/.tmp-step-{step:08d}`` and renamed when every rank has
+finished, so a crash never leaves a directory that looks complete.
+"""
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import shutil
+from pathlib import Path
+from typing import Any
 
 import torch
 
 from lit_gpt.config import Config
+
+CHECKPOINT_PATTERN = re.compile(r"^step-(\d{8})$")
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def complete_checkpoints(out_dir: Path) -> list[Path]:
+    """The finished checkpoints in ``out_dir``, oldest first (temporary directories are ignored)."""
+    if not out_dir.is_dir():
+        return []
+    found = [p for p in out_dir.iterdir() if p.is_dir() and CHECKPOINT_PATTERN.match(p.name)]
+    return sorted(found, key=lambda p: p.name)
+
+
+def save_training_state(
+    fabric: Any, out_dir: Path, step: int, state: dict[str, Any], files: dict[str, dict], keep: int
+) -> Path:
+    """Write ``state`` with ``fabric.save`` plus JSON ``files``, atomically; keep the newest ``keep``."""
+    final = out_dir / checkpoint_name(step)
+    tmp = out_dir / f".tmp-{checkpoint_name(step)}"
+    if fabric.global_rank == 0 and tmp.exists():
+        shutil.rmtree(tmp)  # left by a crash during an earlier save
+    fabric.barrier()
+    fabric.save(tmp, state)
+    if fabric.global_rank == 0:
+        for name, content in files.items():
+            (tmp / name).write_text(json.dumps(content, indent=2, default=str))
+    fabric.barrier()
+    if fabric.global_rank == 0:
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for old in complete_checkpoints(out_dir)[:-keep] if keep > 0 else []:
+            shutil.rmtree(old)
+    fabric.barrier()
+    return final
+
 
 # Lit-GPT module -> Hugging Face Llama module; "{i}" is the layer index. Each entry covers the
 # module's ".weight" and, where the config has biases, its ".bias".

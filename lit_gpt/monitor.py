@@ -1,0 +1,126 @@
+"""What a run reports: throughput, model FLOPs utilisation, ETA, and the metric loggers.
+
+MFU counts the model's FLOPs per trained token (6 per parameter-token for forward and backward, the
+input embedding excluded as it is a lookup, plus 12 * n_layer * n_embd * block_size for attention
+scores and values, as in the PaLM paper) against the device's dense bf16 peak.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lit_gpt.config import Config
+
+# Dense bf16 tensor-core peaks, FLOP/s, from the vendors' data sheets (SXM parts).
+PEAK_BF16_FLOPS = {"A100": 312e12, "H100": 989e12, "H200": 989e12}
+
+CSV_COLUMNS = [
+    "step", "stage", "tokens", "train_loss", "val_loss", "val_ppl", "lr", "grad_norm", "global_batch_size",
+    "tokens_per_s", "tokens_per_s_per_device", "mfu", "step_time_s", "skipped_steps",
+]  # fmt: skip
+
+
+def flops_per_token(config: Config) -> float:
+    head = config.n_embd * config.padded_vocab_size
+    attention = config.n_embd * (config.n_head + 2 * config.n_query_groups) * config.head_size
+    attention += config.n_head * config.head_size * config.n_embd
+    mlp = 3 * config.n_embd * config.intermediate_size
+    matmul_parameters = head + config.n_layer * (attention + mlp)
+    return 6 * matmul_parameters + 12 * config.n_layer * config.n_embd * config.block_size
+
+
+def peak_flops(device: torch.device) -> float | None:
+    """The device's dense bf16 peak, or None where it is unknown (CPUs, other GPUs)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for model, peak in PEAK_BF16_FLOPS.items() if model in name), None)
+
+
+class Throughput:
+    """Tokens per second, MFU and ETA over the steps since the last report."""
+
+    def __init__(self, config: Config, world_size: int, device: torch.device) -> None:
+        self.world_size = world_size
+        self.flops_per_token = flops_per_token(config)
+        self.peak = peak_flops(device)
+        self.last_time, self.last_tokens, self.last_step = time.perf_counter(), 0, 0
+
+    def start(self, step: int, tokens: int) -> None:
+        self.last_time, self.last_tokens, self.last_step = time.perf_counter(), tokens, step
+
+    def report(self, step: int, tokens: int, remaining_tokens: int) -> dict[str, Any]:
+        now = time.perf_counter()
+        elapsed = max(now - self.last_time, 1e-9)
+        rate = (tokens - self.last_tokens) / elapsed
+        per_device = rate / self.world_size
+        mfu = per_device * self.flops_per_token / self.peak if self.peak else None
+        step_time = elapsed / max(step - self.last_step, 1)
+        self.start(step, tokens)
+        return {
+            "tokens_per_s": rate,
+            "tokens_per_s_per_device": per_device,
+            "mfu": mfu,
+            "step_time_s": step_time,
+            "eta_s": remaining_tokens / rate if rate > 0 else math.inf,
+        }
+
+
+def format_eta(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    hours, rest = divmod(int(seconds), 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+class MetricsLogger:
+    """Rows to ``out_dir/metrics.csv`` (always), and to wandb or TensorBoard when chosen.
+
+    On resume the CSV keeps the rows up to the resumed step and drops later ones, which the crashed
+    run wrote but will be trained again. Floats are written with ``repr`` so they read back exactly.
+    """
+
+    def __init__(self, out_dir: Path, logger: str, resume_step: int, run_config: dict[str, Any]) -> None:
+        self.path = out_dir / "metrics.csv"
+        rows = []
+        if self.path.exists() and resume_step > 0:
+            with open(self.path, newline="") as f:
+                rows = [row for row in csv.DictReader(f) if int(row["step"]) <= resume_step]
+        with open(self.path, "w", newline="") as f:
+            writer = csv.DictWriter(f, CSV_COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+        self.backend = None
+        if logger == "wandb":
+            import wandb
+
+            mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
+            self.backend = wandb.init(project="tinyllama", dir=str(out_dir), config=run_config, mode=mode)
+        elif logger == "tensorboard":
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.backend = SummaryWriter(log_dir=str(out_dir / "tensorboard"))
+        elif logger != "csv":
+            raise ValueError(f"Unknown logger {logger!r}; choose csv, wandb or tensorboard")
+
+    def log(self, row: dict[str, Any]) -> None:
+        with open(self.path, "a", newline="") as f:
+            writer = csv.DictWriter(f, CSV_COLUMNS, extrasaction="ignore")
+            writer.writerow({k: repr(v) if isinstance(v, float) else v for k, v in row.items() if v is not None})
+        numbers = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "step"}
+        if self.backend is not None and hasattr(self.backend, "add_scalar"):
+            for key, value in numbers.items():
+                self.backend.add_scalar(key, value, row["step"])
+        elif self.backend is not None:
+            self.backend.log(numbers, step=row["step"])
+
+    def close(self) -> None:
+        if self.backend is not None:
+            self.backend.close() if hasattr(self.backend, "add_scalar") else self.backend.finish()
