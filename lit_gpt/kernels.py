@@ -215,38 +215,33 @@ def cross_entropy_reference(logits: torch.Tensor, targets: torch.Tensor, ignore_
 class _ChunkedCrossEntropy(torch.autograd.Function):
     """Cross-entropy that works on ``chunk_rows`` rows at a time.
 
-    It saves the logits themselves and one log-sum-exp per row, so neither pass holds more than a
-    chunk in fp32; the gradient is written chunk by chunk in the logits' dtype.
+    It saves only the logits themselves: each pass converts one chunk to fp32 at a time, using
+    PyTorch's fused log-softmax and softmax kernels, and the backward writes the gradient chunk by
+    chunk in the logits' dtype.
     """
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, ignore_index: int, chunk_rows: int) -> torch.Tensor:
-        valid = targets != ignore_index
-        safe_targets = targets.masked_fill(~valid, 0)
-        lse = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
         total = torch.zeros((), dtype=torch.float32, device=logits.device)
         for start in range(0, logits.shape[0], chunk_rows):
             rows = slice(start, start + chunk_rows)
-            chunk = logits[rows].float()
-            lse[rows] = torch.logsumexp(chunk, dim=-1)
-            picked = chunk.gather(1, safe_targets[rows, None]).squeeze(1)
-            total += ((lse[rows] - picked) * valid[rows]).sum()
+            total += F.cross_entropy(logits[rows].float(), targets[rows], ignore_index=ignore_index, reduction="sum")
+        valid = targets != ignore_index
         count = valid.sum()
-        ctx.save_for_backward(logits, safe_targets, valid, lse, count)
+        ctx.save_for_backward(logits, targets.masked_fill(~valid, 0), valid, count)
         ctx.chunk_rows = chunk_rows
         return total / count
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
-        logits, safe_targets, valid, lse, count = ctx.saved_tensors
-        scale = grad_output.float() / count
+        logits, safe_targets, valid, count = ctx.saved_tensors
+        scale = valid * (grad_output.float() / count)
         grad = torch.empty_like(logits)
         for start in range(0, logits.shape[0], ctx.chunk_rows):
             rows = slice(start, start + ctx.chunk_rows)
-            probs = (logits[rows].float() - lse[rows, None]).exp_()
+            probs = torch.softmax(logits[rows].float(), dim=-1)  # d loss / d logits = softmax - one_hot
             probs.scatter_add_(1, safe_targets[rows, None], torch.full_like(probs[:, :1], -1.0))
-            probs.mul_((valid[rows] * scale)[:, None])
-            grad[rows] = probs
+            torch.mul(probs, scale[rows, None], out=grad[rows])
         return grad, None, None, None
 
 
@@ -269,3 +264,75 @@ def cross_entropy(
         losses, _ = cross_entropy_loss(logits, targets, ignore_index=ignore_index)
         return losses.sum() / (targets != ignore_index).sum()
     return _ChunkedCrossEntropy.apply(logits, targets, ignore_index, chunk_rows)
+
+
+def linear_cross_entropy_reference(
+    x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100
+) -> torch.Tensor:
+    """The output projection followed by the mean cross-entropy, written out."""
+    return cross_entropy_reference(x @ weight.T, targets, ignore_index)
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Output projection + cross-entropy, ``chunk_rows`` positions at a time, never holding all logits.
+
+    For each chunk the forward pass computes the logits, the loss and, when gradients are needed, the
+    gradients of the loss with respect to the hidden states and the weight; the backward pass only
+    scales them. Compared with materialising the (B, T, V) logits and their gradient, this saves two
+    tensors of that size and one pass over each.
+    """
+
+    @staticmethod
+    def forward(
+        ctx, x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int, chunk_rows: int
+    ) -> torch.Tensor:
+        valid = targets != ignore_index
+        safe_targets = targets.masked_fill(~valid, 0)
+        needs_x, needs_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_x = torch.empty_like(x) if needs_x else None
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if needs_weight else None
+        total = torch.zeros((), dtype=torch.float32, device=x.device)
+        for start in range(0, x.shape[0], chunk_rows):
+            rows = slice(start, start + chunk_rows)
+            log_probs = torch.log_softmax((x[rows] @ weight.T).float(), dim=-1)
+            picked = log_probs.gather(1, safe_targets[rows, None]).squeeze(1)
+            total -= (picked * valid[rows]).sum()
+            if needs_x or needs_weight:
+                grad = log_probs.exp_()  # d loss_row / d logits = softmax - one_hot
+                grad.scatter_add_(1, safe_targets[rows, None], torch.full_like(grad[:, :1], -1.0))
+                grad = grad.mul_(valid[rows, None]).to(x.dtype)
+                if needs_x:
+                    grad_x[rows] = grad @ weight
+                if needs_weight:
+                    grad_weight += (grad.T @ x[rows]).float()
+        count = valid.sum()
+        ctx.save_for_backward(count, *(g for g in (grad_x, grad_weight) if g is not None))
+        ctx.weight_dtype, ctx.has = weight.dtype, (needs_x, needs_weight)
+        return total / count
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None, None]:
+        count, *grads = ctx.saved_tensors
+        factor = grad_output / count
+        needs_x, needs_weight = ctx.has
+        grad_x = grads.pop(0) * factor.to(grads[0].dtype) if needs_x else None
+        grad_weight = (grads.pop(0) * factor).to(ctx.weight_dtype) if needs_weight else None
+        return grad_x, grad_weight, None, None, None
+
+
+def linear_cross_entropy(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    ignore_index: int = -100,
+    chunk_rows: int | None = None,
+) -> torch.Tensor:
+    """Mean cross-entropy of the logits ``x @ weight.T`` (x: (..., d), weight: (V, d)) against ``targets``.
+
+    The training loss of the model: the (B, T, V) logits are never materialised. By default a chunk
+    holds about 8M logits (32 MB in fp32), which keeps the temporaries small and the matmuls large.
+    """
+    if _backend == "reference":
+        return linear_cross_entropy_reference(x, weight, targets, ignore_index)
+    chunk_rows = chunk_rows or max(1, (1 << 23) // weight.shape[0])
+    return _LinearCrossEntropy.apply(x.reshape(-1, x.shape[-1]), weight, targets.reshape(-1), ignore_index, chunk_rows)

@@ -56,11 +56,14 @@ class GPT(nn.Module):
             nn.init.normal_(block.attn.proj.weight, mean=0.0, std=residual_std)
             nn.init.normal_(block.mlp.proj.weight, mean=0.0, std=residual_std)
 
-    def forward(self, idx: torch.Tensor, input_pos: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits (B, T, padded_vocab_size) for token ids ``idx`` (B, T).
+    def forward(
+        self, idx: torch.Tensor, input_pos: torch.Tensor | None = None, targets: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Logits (B, T, padded_vocab_size) for token ids ``idx`` (B, T), or with ``targets`` the loss.
 
         ``input_pos`` (T,) gives the absolute positions of ``idx`` when decoding with a KV cache
-        (see :meth:`set_kv_cache`); without it the tokens are positions 0..T-1.
+        (see :meth:`set_kv_cache`); without it the tokens are positions 0..T-1. With ``targets`` (B, T)
+        the mean cross-entropy is computed chunk by chunk without materialising the logits.
         """
         T = idx.shape[1]
         if input_pos is None:
@@ -74,7 +77,10 @@ class GPT(nn.Module):
                 x = checkpoint(block, x, cos, sin, use_reentrant=False)
             else:
                 x = block(x, cos, sin, input_pos)
-        return self.lm_head(self.transformer.ln_f(x))
+        x = self.transformer.ln_f(x)
+        if targets is not None:
+            return kernels.linear_cross_entropy(x, self.lm_head.weight, targets)
+        return self.lm_head(x)
 
     def set_kv_cache(self, batch_size: int, max_seq_length: int | None = None) -> None:
         """Allocate a key/value cache in every block, on the model's device and dtype, for decoding."""

@@ -267,7 +267,7 @@ def train(fabric, hparams, config, plan, model, optimizer, train_loader, val_loa
         for micro_step in range(accumulation):
             batch = next(batches).to(fabric.device, non_blocking=True)
             with fabric.no_backward_sync(model, enabled=micro_step < accumulation - 1):
-                loss = kernels.cross_entropy(model(batch[:, :-1]), batch[:, 1:])
+                loss = model(batch[:, :-1], targets=batch[:, 1:])
                 fabric.backward(loss / accumulation)
             loss_sum += loss.detach()
         loss = fabric.all_reduce(loss_sum / accumulation, reduce_op="mean")
@@ -342,7 +342,7 @@ def validate(fabric: L.Fabric, model: torch.nn.Module, loader: BlockLoader, eval
     for i in range(rounds):
         real = i < len(batches)
         batch = (batches[i] if real else torch.zeros(1, block_tokens, dtype=torch.long)).to(fabric.device)
-        loss = kernels.cross_entropy(model(batch[:, :-1]), batch[:, 1:])
+        loss = model(batch[:, :-1], targets=batch[:, 1:])
         tokens = batch[:, 1:].numel() if real else 0
         total += torch.stack([loss.double() * tokens, torch.tensor(tokens, device=fabric.device, dtype=torch.float64)])
     total = fabric.all_reduce(total, reduce_op="sum")

@@ -1,3 +1,4 @@
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -40,3 +41,12 @@ def split_documents(tokens: np.ndarray) -> list[list[int]]:
     starts = np.flatnonzero(tokens == TOKENIZER.bos_id)
     assert starts[0] == 0
     return [tokens[a + 1 : b].tolist() for a, b in zip(starts, [*starts[1:], len(tokens)], strict=True)]
+
+
+def load_pretrain_script():
+    """pretrain/tinyllama.py as a module (it is a script, not part of the package)."""
+    spec = importlib.util.spec_from_file_location("tinyllama", REPO_ROOT / "pretrain" / "tinyllama.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while being defined
+    spec.loader.exec_module(module)
+    return module

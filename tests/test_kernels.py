@@ -165,6 +165,37 @@ def test_reference_cross_entropy_would_fail_the_memory_check():
     assert max(sizes) >= logits.numel()
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("chunk_rows", [5, None])
+def test_linear_cross_entropy_fused_equals_reference(device, dtype, chunk_rows):
+    x = torch.randn(2, 13, 32, device=device, dtype=dtype)
+    weight = (torch.randn(300, 32, device=device) / 4).to(dtype)
+    targets = torch.randint(0, 300, (2, 13), device=device)
+    targets[1, -3:] = -100
+
+    def loss(x, weight):
+        return kernels.linear_cross_entropy(x, weight, targets, chunk_rows=chunk_rows).unsqueeze(0)
+
+    (fast_out, fast_grads), (ref_out, ref_grads) = both_backends(loss, x, weight)
+    assert [g.dtype for g in fast_grads] == [dtype, dtype]
+    torch.testing.assert_close(fast_out, ref_out, **TOLERANCE[dtype])
+    for fast, ref in zip(fast_grads, ref_grads, strict=True):
+        torch.testing.assert_close(fast.float(), ref.float(), **TOLERANCE[dtype])
+
+
+def test_linear_cross_entropy_holds_no_logits():
+    x = torch.randn(512, 16, requires_grad=True)
+    weight = torch.randn(1000, 16, requires_grad=True)
+    saved: list[torch.Tensor] = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        loss = kernels.linear_cross_entropy(x, weight, torch.randint(0, 1000, (512,)), chunk_rows=64)
+    assert max(t.numel() for t in saved) <= weight.numel()  # at most (V, d), never (N, V)
+    loss.backward()
+    with torch.no_grad():  # evaluation computes no gradients at all
+        assert torch.isfinite(kernels.linear_cross_entropy(x, weight, torch.zeros(512, dtype=torch.long)))
+
+
 def test_unknown_backend_is_refused():
     with pytest.raises(ValueError, match="Unknown kernel backend 'triton'"):
         kernels.set_backend("triton")

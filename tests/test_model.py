@@ -53,6 +53,21 @@ def test_logits_match_transformers_llama(backend):
     assert (actual - expected).abs().max() <= 1e-4
 
 
+def test_loss_with_targets_equals_cross_entropy_of_the_logits():
+    model = GPT(GQA)
+    idx = torch.randint(0, GQA.vocab_size, (2, 17))
+    fused = model(idx[:, :-1], targets=idx[:, 1:])
+    fused.backward()
+    fused_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    with kernels.use_backend("reference"):
+        separate = kernels.cross_entropy(model(idx[:, :-1]), idx[:, 1:])
+    separate.backward()
+    torch.testing.assert_close(fused, separate)
+    for fused_grad, p in zip(fused_grads, model.parameters(), strict=True):
+        torch.testing.assert_close(fused_grad, p.grad, atol=1e-6, rtol=1e-5)
+
+
 def test_name_map_round_trips():
     state_dict = GPT(GQA).state_dict()
     back = hf_to_lit(lit_to_hf(state_dict, GQA), GQA)

@@ -1,7 +1,6 @@
 """The training loop, run for real as a script: distributed equivalence, exact resume, guards."""
 
 import csv
-import importlib.util
 import math
 import os
 import signal
@@ -18,18 +17,10 @@ from lit_gpt import Config
 from lit_gpt.data.shards import write_shard
 from lit_gpt.schedule import Stage
 
-from conftest import DEMO_TOKENIZER, REPO_ROOT
+from conftest import DEMO_TOKENIZER, REPO_ROOT, load_pretrain_script
 
 SCRIPT = REPO_ROOT / "pretrain" / "tinyllama.py"
 TINY = "{n_layer: 2, n_embd: 64, n_head: 4, n_query_groups: 2, intermediate_size: 128, block_size: 32}"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("tinyllama", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["tinyllama"] = module  # dataclasses look their module up while being defined
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture
@@ -205,7 +196,7 @@ def test_missing_data_directory_is_a_clear_startup_error(data, tmp_path):
 
 
 def test_startup_checks():
-    script = load_script()
+    script = load_pretrain_script()
     hparams = script.Hyperparameters(
         model_name="tiny_LLaMA_5M",
         train_data=[script.DataSource("a", Path("a"), 1.0)],

@@ -1,0 +1,179 @@
+"""Training-step throughput and peak memory: our GPT against transformers' LlamaForCausalLM.
+
+Both models get the same config, weights shape, batch, precision, optimizer (AdamW) and thread count;
+each measurement runs in its own process so that peak memory (CUDA peak allocation, or peak RSS on a
+CPU) belongs to one model alone. A step is forward, loss, backward and optimizer step. The defaults
+are the CPU comparison of the issue tracker: 4 layers, n_embd 256, 8 heads, 2 query groups,
+intermediate 704, vocabulary 32000, sequence 256, micro-batch 8, fp32, 2 threads.
+
+    python scripts/benchmark_train.py                      # CPU, eager and compiled, with ratios
+    python scripts/benchmark_train.py --model_name tiny_LLaMA_1b --model_config '{}' --seq_len 2048 \
+        --precision bf16-true --modes '[eager]' --devices cuda   # a GPU: tokens/s and MFU
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from jsonargparse import CLI
+
+from lit_gpt import GPT, Config
+from lit_gpt.monitor import flops_per_token, peak_flops
+
+CPU_COMPARISON = {"n_layer": 4, "n_embd": 256, "n_head": 8, "n_query_groups": 2, "intermediate_size": 704}
+DTYPES = {"32-true": torch.float32, "bf16-true": torch.bfloat16}
+
+
+def hf_model(config: Config):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    hf_config = LlamaConfig(
+        vocab_size=config.padded_vocab_size,
+        hidden_size=config.n_embd,
+        intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.n_layer,
+        num_attention_heads=config.n_head,
+        num_key_value_heads=config.n_query_groups,
+        max_position_embeddings=config.block_size,
+        rms_norm_eps=config.norm_eps,
+        rope_theta=config.rope_base,
+        tie_word_embeddings=False,
+        attn_implementation="sdpa",
+    )
+    return LlamaForCausalLM(hf_config)
+
+
+def measure(
+    which: str,
+    config: Config,
+    compile: bool,
+    batch: int,
+    seq_len: int,
+    precision: str,
+    device: str,
+    threads: int,
+    steps: int,
+    warmup: int,
+) -> dict:
+    """Run training steps in this process and return tokens/s and peak memory in bytes."""
+    torch.manual_seed(0)
+    torch.set_num_threads(threads)
+    dtype = DTYPES[precision]
+    model = (GPT(config) if which == "ours" else hf_model(config)).to(device=device, dtype=dtype)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
+    forward = torch.compile(model) if compile else model
+    data = torch.randint(0, config.vocab_size, (batch, seq_len + 1), device=device)
+
+    def step() -> None:
+        if which == "ours":
+            loss = forward(data[:, :-1], targets=data[:, 1:])
+        else:
+            loss = forward(input_ids=data[:, :-1], labels=data[:, :-1], use_cache=False).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(warmup):
+        step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    if device == "cuda":
+        peak = torch.cuda.max_memory_allocated()
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    tokens_per_s = batch * seq_len * steps / seconds
+    peak_flops_per_s = peak_flops(torch.device(device))
+    mfu = (
+        tokens_per_s * flops_per_token(config.replace(block_size=seq_len)) / peak_flops_per_s
+        if peak_flops_per_s
+        else None
+    )
+    return {"tokens_per_s": tokens_per_s, "peak_memory": peak, "mfu": mfu}
+
+
+def benchmark_train(
+    model_name: str = "tiny_LLaMA_1b",
+    model_config: dict | None = None,
+    vocab_size: int = 32000,
+    seq_len: int = 256,
+    micro_batch_size: int = 8,
+    precision: str = "32-true",
+    devices: str = "cpu",
+    threads: int = 2,
+    modes: list[str] | None = None,
+    steps: int = 10,
+    warmup: int = 3,
+    worker: str | None = None,
+) -> None:
+    """Print tokens/s and peak memory for both models in each mode, and our/their ratios.
+
+    Args:
+        model_name: the named config to start from.
+        model_config: fields to override; default: the CPU comparison's small shape.
+        vocab_size: vocabulary (32000, Llama 2's).
+        seq_len: tokens per sequence.
+        micro_batch_size: sequences per step.
+        precision: 32-true or bf16-true.
+        devices: cpu or cuda.
+        threads: torch threads (intra-op).
+        modes: eager and/or compile.
+        steps: timed steps.
+        warmup: untimed steps first (compilation happens there).
+        worker: internal: "ours:eager" etc. runs one measurement and prints it as JSON.
+    """
+    overrides = CPU_COMPARISON if model_config is None else model_config
+    config = Config.from_name(model_name, **{**overrides, "vocab_size": vocab_size, "block_size": max(seq_len, 16)})
+    if worker is not None:
+        which, mode = worker.split(":")
+        result = measure(
+            which,
+            config,
+            mode == "compile",
+            micro_batch_size,
+            seq_len,
+            precision,
+            devices,
+            threads,
+            steps,
+            warmup + (3 if mode == "compile" else 0),
+        )
+        print(json.dumps(result))
+        return
+    print(
+        f"{model_name} {json.dumps(overrides)} vocab {vocab_size}, {micro_batch_size} x {seq_len} tokens, "
+        f"{precision}, {devices}, {threads} threads, {steps} timed steps"
+    )
+    for mode in modes or ["eager", "compile"]:
+        results = {}
+        for which in ("ours", "transformers"):
+            args = sys.argv[1:] + ["--worker", f"{which}:{mode}"]
+            output = subprocess.run(
+                [sys.executable, str(Path(__file__).resolve()), *args], check=True, capture_output=True, text=True
+            ).stdout
+            results[which] = json.loads(output.strip().splitlines()[-1])
+        ours, theirs = results["ours"], results["transformers"]
+        for which, r in results.items():
+            mfu = f", MFU {r['mfu']:.1%}" if r["mfu"] is not None else ""
+            gib = r["peak_memory"] / 2**30
+            print(f"  {mode:7s} {which:12s} {r['tokens_per_s']:12,.0f} tokens/s  peak {gib:6.2f} GiB{mfu}")
+        print(
+            f"  {mode:7s} ours / transformers: tokens/s {ours['tokens_per_s'] / theirs['tokens_per_s']:.2f}x "
+            f"(target >= 1.1), peak memory {ours['peak_memory'] / theirs['peak_memory']:.2f}x (target <= 0.75)"
+        )
+
+
+if __name__ == "__main__":
+    CLI(benchmark_train, as_positional=False)

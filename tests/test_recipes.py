@@ -1,0 +1,51 @@
+"""Every shipped recipe parses with the real CLI and describes the run its comments promise."""
+
+from pathlib import Path
+
+import pytest
+from jsonargparse import ArgumentParser
+
+from lit_gpt import Config
+
+from conftest import REPO_ROOT, load_pretrain_script
+
+CONFIGS = REPO_ROOT / "pretrain" / "configs"
+
+
+def recipe(name: str):
+    module = load_pretrain_script()
+    parser = ArgumentParser()
+    parser.add_function_arguments(module.setup)
+    parsed = parser.parse_path(str(CONFIGS / name))
+    init = parser.instantiate(parsed)
+    hparams = module.Hyperparameters(**{k: v for k, v in vars(init).items() if k != "__path__"})
+    hparams.model_config = hparams.model_config or {}
+    hparams.train_data = hparams.train_data or list(module.TINYLLAMA_MIXTURE)
+    config = Config.from_name(hparams.model_name, **hparams.model_config)
+    world = (hparams.devices if isinstance(hparams.devices, int) else 1) * hparams.num_nodes
+    return hparams, module.stage_plan(hparams, config, world)
+
+
+def test_v1_is_the_paper_run():
+    hparams, plan = recipe("tiny_llama_v1.yaml")
+    assert plan.max_steps == pytest.approx(1_430_512, rel=1e-6)  # 3T tokens / 2M tokens per step
+    assert (hparams.learning_rate, hparams.min_lr, hparams.warmup_steps) == (4e-4, 4e-5, 2000)
+    assert plan.batch_sizes == [1024] and hparams.devices * hparams.num_nodes == 16
+
+
+def test_v1_1_math_code_stages():
+    hparams, plan = recipe("tiny_llama_v1.1_math_code.yaml")
+    assert hparams.hybrid_sharding and [s.name for s in plan.stages] == ["basic", "continual", "cooldown"]
+    assert [round(b * 2048 / 1e6, 1) for b in plan.batch_sizes] == [1.8, 1.8, 7.3]
+    start = plan.start_tokens[1]
+    assert plan.weights(0) == [1.0, 0.0, 0.0]
+    assert plan.weights(start + 3_000_000_000) == pytest.approx([0.875, 0.075, 0.05])  # halfway up the ramp
+    assert plan.weights(start + 6_000_000_000) == pytest.approx([0.75, 0.15, 0.10])
+    assert plan.weights(plan.start_tokens[2] + 1) == pytest.approx([0.75, 0.15, 0.10])
+    assert plan.max_tokens == pytest.approx(2e12, rel=1e-3)
+
+
+@pytest.mark.parametrize("name", ["tiny_llama_v1.1.yaml", "cpu_demo.yaml"])
+def test_other_recipes_parse(name):
+    hparams, plan = recipe(name)
+    assert plan.max_steps > 0 and Path(hparams.out_dir).parts[0] == "out"
