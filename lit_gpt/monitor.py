@@ -8,6 +8,7 @@ scores and values, as in the PaLM paper) against the device's dense bf16 peak.
 from __future__ import annotations
 
 import csv
+import importlib.util
 import math
 import os
 import time
@@ -98,6 +99,10 @@ class MetricsLogger:
             writer.writeheader()
             writer.writerows(rows)
         self.backend = None
+        if logger in ("wandb", "tensorboard"):
+            package = "wandb" if logger == "wandb" else "tensorboard"
+            if importlib.util.find_spec(package) is None:
+                raise ModuleNotFoundError(f"--logger {logger} needs the {package} package: pip install {package}")
         if logger == "wandb":
             import wandb
 

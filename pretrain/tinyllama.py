@@ -11,6 +11,7 @@ its newest complete checkpoint.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import sys
@@ -398,6 +399,7 @@ def stage_plan(hparams: Hyperparameters, config: Config, world_size: int) -> Sta
 
 
 def check_tokenizer(config: Config, hparams: Hyperparameters) -> None:
+    """The tokenizer fits the model, and the shards (where their manifest says) were made with it."""
     if hparams.tokenizer_path is None:
         return
     tokenizer = Tokenizer(hparams.tokenizer_path)
@@ -406,6 +408,11 @@ def check_tokenizer(config: Config, hparams: Hyperparameters) -> None:
             f"Tokenizer {tokenizer.path} has {tokenizer.vocab_size} tokens but model {hparams.model_name} only "
             f"{config.vocab_size}; set --model_config.vocab_size or use another tokenizer"
         )
+    digest = hashlib.sha256(tokenizer.path.read_bytes()).hexdigest()
+    directories = [source.path for source in hparams.train_data] + [hparams.val_data] * (hparams.val_data is not None)
+    for manifest in (m for directory in directories for m in Path(directory).glob("*.manifest.json")):
+        if json.loads(manifest.read_text())["settings"]["tokenizer_sha256"] != digest:
+            raise ValueError(f"{manifest} records shards made with another tokenizer than {tokenizer.path}")
 
 
 def load_lit_weights(model: GPT, directory: Path) -> None:

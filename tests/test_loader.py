@@ -150,6 +150,13 @@ def test_clear_errors_for_unusable_directories(tmp_path):
         ShardedBlocks(tmp_path / "small", BLOCK_SIZE)
 
 
+def test_shards_of_a_non_integer_dtype_are_refused(tmp_path):
+    (tmp_path / "floats").mkdir()
+    write_shard(tmp_path / "floats" / "x.bin", np.arange(64, dtype=np.float32))
+    with pytest.raises(ValueError, match="x.bin: tokens of dtype float32"):
+        ShardedBlocks(tmp_path / "floats", BLOCK_SIZE)
+
+
 def test_unreadable_tail_tokens_are_reported(tmp_path):
     make_dataset(tmp_path / "data", [3], tail=5)
     with pytest.warns(UserWarning, match="5 tokens at shard ends do not fill a block of 8 tokens"):

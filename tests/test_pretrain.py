@@ -195,6 +195,13 @@ def test_missing_data_directory_is_a_clear_startup_error(data, tmp_path):
     assert result.returncode != 0 and f"Dataset directory {tmp_path / 'nope'} does not exist" in result.stderr
 
 
+def test_shards_of_another_tokenizer_are_refused(data, tmp_path):
+    (data / "a" / "train_a_0.manifest.json").write_text('{"settings": {"tokenizer_sha256": "0123"}}')
+    result = run(train_args(data, tmp_path / "out", "--max_steps", "2"), check=False)
+    assert result.returncode != 0
+    assert f"{data / 'a' / 'train_a_0.manifest.json'} records shards made with another tokenizer" in result.stderr
+
+
 def test_startup_checks():
     script = load_pretrain_script()
     hparams = script.Hyperparameters(

@@ -1,0 +1,244 @@
+"""Tokenize a corpus into packed shards: the one implementation behind both prepare scripts.
+
+Input files are processed in sorted order and their tokens form one stream, cut into shards of
+``chunk_size`` tokens by a single writer; the last shard holds the remainder. Workers only tokenize
+(whole files, in parallel, results taken in order), so the shards are byte-identical whatever
+``num_workers`` is. After every input file the writer's state -- files done, next shard number, the
+tokens not yet in a full shard -- is committed to a manifest, so a rerun after a crash or Ctrl-C
+resumes at the next file and produces the same shards as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from itertools import chain
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from lit_gpt.data.corpora import Skips, UnreadableFile
+from lit_gpt.data.shards import ShardWriter, read_shard, token_dtype, write_shard
+from lit_gpt.tokenizer import Tokenizer
+
+Reader = Callable[[Path, Skips], Iterator[str]]
+BATCH_CHARS = 1 << 20  # texts handed to SentencePiece at once
+
+
+@dataclass
+class FileResult:
+    tokens: np.ndarray
+    documents: int
+    skips: Skips
+    error: str | None = None
+
+
+@dataclass
+class Progress:
+    """What the manifest records: how far the job got and what it has written and skipped."""
+
+    settings: dict
+    files_done: int = 0
+    next_shard: int = 0
+    pending_tokens: int = 0
+    documents: int = 0
+    tokens: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+    failed_files: list[str] = field(default_factory=list)
+    complete: bool = False
+
+
+def select_files(files: list[Path], percentage: float, num_shards: int, shard_index: int) -> list[Path]:
+    """The first ``percentage`` of the sorted files, then every ``num_shards``-th one from ``shard_index``."""
+    if not 0 < percentage <= 1:
+        raise ValueError(f"percentage must be in (0, 1], got {percentage}")
+    if not 0 <= shard_index < num_shards:
+        raise ValueError(f"shard_index must be in [0, num_shards = {num_shards}), got {shard_index}")
+    files = sorted(files)[: math.ceil(len(files) * percentage)]
+    return files[shard_index::num_shards]
+
+
+def _tokenize_file(path: Path, read: Reader, tokenizer: Tokenizer, dtype: np.dtype) -> FileResult:
+    """Every kept document of ``path`` as BOS + its tokens, concatenated."""
+    skips = Skips()
+    pieces: list[np.ndarray] = []
+    documents = 0
+
+    def encode(texts: list[str]) -> None:
+        ids = tokenizer.encode_batch(texts, bos=True, num_threads=1)
+        count = sum(map(len, ids))
+        pieces.append(np.fromiter(chain.from_iterable(ids), dtype=dtype, count=count))
+
+    batch: list[str] = []
+    size = 0
+    try:
+        for text in read(path, skips):
+            batch.append(text)
+            size += len(text)
+            documents += 1
+            if size >= BATCH_CHARS:
+                encode(batch)
+                batch, size = [], 0
+    except UnreadableFile as error:
+        return FileResult(np.empty(0, dtype=dtype), 0, skips, str(error))
+    if batch:
+        encode(batch)
+    tokens = np.concatenate(pieces) if pieces else np.empty(0, dtype=dtype)
+    return FileResult(tokens, documents, skips)
+
+
+_worker_tokenize: Callable[[Path], FileResult] | None = None
+
+
+def _init_worker(read: Reader, tokenizer_path: Path, dtype: np.dtype) -> None:
+    global _worker_tokenize
+    _worker_tokenize = partial(_tokenize_file, read=read, tokenizer=Tokenizer(tokenizer_path), dtype=dtype)
+
+
+def _run_in_worker(path: Path) -> FileResult:
+    return _worker_tokenize(path)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+class Manifest:
+    """The job's committed state: ``{prefix}.manifest.json`` plus a hidden file of pending tokens."""
+
+    def __init__(self, destination: Path, prefix: str) -> None:
+        self.destination, self.prefix = destination, prefix
+        self.path = destination / f"{prefix}.manifest.json"
+
+    def pending_path(self, files_done: int) -> Path:
+        return self.destination / f".{self.prefix}.pending.{files_done}.bin"
+
+    def load(self, settings: dict) -> tuple[Progress, np.ndarray | None]:
+        if not self.path.exists():
+            return Progress(settings=settings), None
+        progress = Progress(**json.loads(self.path.read_text()))
+        if progress.settings != settings:
+            changed = sorted(k for k in settings if settings[k] != progress.settings.get(k))
+            raise ValueError(
+                f"{self.path} records a job with other settings ({', '.join(changed)} differ); "
+                "use another destination_path or delete this one to start over"
+            )
+        pending = read_shard(self.pending_path(progress.files_done)) if progress.pending_tokens else None
+        if pending is not None and len(pending) != progress.pending_tokens:
+            raise ValueError(f"{self.path}: pending token file does not match; delete the destination to start over")
+        return progress, pending
+
+    def commit(self, progress: Progress, pending: np.ndarray) -> None:
+        """Pending tokens first, then the manifest that points at them: each write is atomic."""
+        if len(pending):
+            write_shard(self.pending_path(progress.files_done), pending)
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_text(json.dumps(asdict(progress), indent=1))
+        os.replace(tmp, self.path)
+        for stale in self.destination.glob(f".{self.prefix}.pending.*.bin"):
+            if stale != self.pending_path(progress.files_done) or not len(pending):
+                stale.unlink()
+
+
+def prepare_corpus(
+    files: list[Path],
+    read: Reader,
+    source: str,
+    tokenizer_path: Path,
+    destination_path: Path,
+    split: str,
+    chunk_size: int,
+    num_workers: int,
+    shard_index: int = 0,
+) -> Progress:
+    """Tokenize ``files`` (already selected for this machine) into shards in ``destination_path``."""
+    if not files:
+        raise FileNotFoundError(f"No input files for the {source} {split} split")
+    if chunk_size <= 0:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    tokenizer = Tokenizer(tokenizer_path)
+    dtype = token_dtype(tokenizer.vocab_size)
+    destination_path.mkdir(parents=True, exist_ok=True)
+    settings = dict(
+        source=source,
+        split=split,
+        shard_index=shard_index,
+        chunk_size=chunk_size,
+        tokenizer_sha256=_sha256(tokenizer.path),
+        files=len(files),
+        files_sha256=hashlib.sha256("\n".join(map(str, files)).encode()).hexdigest(),
+    )
+    manifest = Manifest(destination_path, f"{split}_{source}_{shard_index}")
+    progress, pending = manifest.load(settings)
+    if progress.complete:
+        print(f"{manifest.path} says this job is complete; nothing to do.")
+        return progress
+    writer = ShardWriter(destination_path, split, source, shard_index, chunk_size, dtype, progress.next_shard, pending)
+    remaining = files[progress.files_done :]
+    if progress.files_done:
+        print(f"Resuming after {progress.files_done} of {len(files)} files ({manifest.path})")
+
+    skips = Skips()
+    skips.counts.update(progress.skipped)
+    skips.examples = progress.examples
+    bar = tqdm(total=sum(p.stat().st_size for p in remaining), unit="B", unit_scale=True, desc=f"{source} {split}")
+    start, documents, tokens = time.perf_counter(), 0, 0
+    with _tokenized(remaining, read, tokenizer.path, dtype, num_workers) as results:
+        for path, result in zip(remaining, results, strict=True):
+            writer.add(result.tokens)
+            skips.update(result.skips)
+            if result.error is not None:
+                progress.failed_files.append(result.error)
+                skips.add("unreadable file", str(path))
+            documents += result.documents
+            tokens += len(result.tokens)
+            progress.files_done += 1
+            progress.documents += result.documents
+            progress.tokens += len(result.tokens)
+            progress.next_shard, progress.pending_tokens = writer.next_index, len(writer.pending)
+            progress.skipped, progress.examples = dict(skips.counts), skips.examples
+            manifest.commit(progress, writer.pending)
+            elapsed = time.perf_counter() - start
+            bar.set_postfix_str(f"{documents / elapsed:,.0f} docs/s, {tokens / elapsed:,.0f} tokens/s")
+            bar.update(path.stat().st_size)
+    bar.close()
+    writer.close()
+    progress.next_shard, progress.pending_tokens, progress.complete = writer.next_index, 0, True
+    manifest.commit(progress, writer.pending)
+    print_summary(progress, destination_path)
+    return progress
+
+
+@contextlib.contextmanager
+def _tokenized(
+    files: list[Path], read: Reader, tokenizer_path: Path, dtype: np.dtype, num_workers: int
+) -> Iterator[Iterator[FileResult]]:
+    """Tokenized files in input order: from a process pool, or in this process for one worker."""
+    if num_workers <= 1 or len(files) <= 1:
+        yield map(partial(_tokenize_file, read=read, tokenizer=Tokenizer(tokenizer_path), dtype=dtype), files)
+        return
+    context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+    with context.Pool(num_workers, initializer=_init_worker, initargs=(read, tokenizer_path, dtype)) as pool:
+        yield pool.imap(_run_in_worker, files)
+
+
+def print_summary(progress: Progress, destination: Path) -> None:
+    print(
+        f"Wrote {progress.tokens:,} tokens from {progress.documents:,} documents of {progress.settings['files']} "
+        f"files into {progress.next_shard} shards in {destination}"
+    )
+    for reason, count in sorted(progress.skipped.items()):
+        print(f"  skipped {count:,} x {reason}, e.g. {'; '.join(progress.examples.get(reason, [])[:3])}")
+    for error in progress.failed_files:
+        print(f"  could not read: {error}", file=sys.stderr)
