@@ -50,7 +50,8 @@ class ShardedBlocks:
         headers = [read_header(path) for path in self.paths]
         for path, (dtype, _) in zip(self.paths, headers, strict=True):
             if dtype.kind not in "iu" or dtype != headers[0][0]:
-                raise ValueError(f"{path}: tokens of dtype {dtype}; a dataset needs one integer dtype ({headers[0][0]})")
+                expected = headers[0][0]
+                raise ValueError(f"{path}: tokens of dtype {dtype}; a dataset needs one integer dtype ({expected})")
         self.counts = np.array([count for _, count in headers])
         self.blocks_per_shard = self.counts // self.block_tokens
         self.num_blocks = int(self.blocks_per_shard.sum())
@@ -235,4 +236,3 @@ def create_loader(
     blocks = [ShardedBlocks(Path(d), block_size, seed=seed, window=window) for d in directories]
     dataset = MixedBlockDataset(blocks, weights, micro_batch_size, seed, rank, world_size, epochs)
     return BlockLoader(dataset, num_workers)
-
