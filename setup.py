@@ -16,6 +16,8 @@ setup(
     extras_require={
         "gpu": ["flash-attn>=2.5", "xformers>=0.0.28"],
         "wandb": ["wandb"],
-        "test": ["pytest>=8", "pytest-timeout", "transformers>=4.45", "ruff"],
+        "hf": ["transformers>=4.45", "protobuf"],
+        "demo": ["transformers>=4.45", "protobuf", "matplotlib"],
+        "test": ["pytest>=8", "pytest-timeout", "transformers>=4.45", "protobuf", "ruff", "matplotlib"],
     },
 )

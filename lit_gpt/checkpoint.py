@@ -13,12 +13,14 @@ import json
 import os
 import re
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from lit_gpt.config import Config
+from lit_gpt.tokenizer import Tokenizer
 
 CHECKPOINT_PATTERN = re.compile(r"^step-(\d{8})$")
 
@@ -36,9 +38,16 @@ def complete_checkpoints(out_dir: Path) -> list[Path]:
 
 
 def save_training_state(
-    fabric: Any, out_dir: Path, step: int, state: dict[str, Any], files: dict[str, dict], keep: int
+    fabric: Any,
+    out_dir: Path,
+    step: int,
+    state: dict[str, Any],
+    files: dict[str, dict],
+    keep: int,
+    copies: dict[str, Path] | None = None,
 ) -> Path:
-    """Write ``state`` with ``fabric.save`` plus JSON ``files``, atomically; keep the newest ``keep``."""
+    """Write ``state`` with ``fabric.save``, JSON ``files`` and ``copies`` of files (such as the tokenizer),
+    atomically; keep the newest ``keep`` checkpoints."""
     final = out_dir / checkpoint_name(step)
     tmp = out_dir / f".tmp-{checkpoint_name(step)}"
     if fabric.global_rank == 0 and tmp.exists():
@@ -48,6 +57,8 @@ def save_training_state(
     if fabric.global_rank == 0:
         for name, content in files.items():
             (tmp / name).write_text(json.dumps(content, indent=2, default=str))
+        for name, source in (copies or {}).items():
+            shutil.copy(source, tmp / name)
     fabric.barrier()
     if fabric.global_rank == 0:
         if final.exists():
@@ -144,3 +155,201 @@ def hf_to_lit(state_dict: dict[str, torch.Tensor], config: Config) -> dict[str, 
         fused = merge_qkv(*(parts[m] for m in HF_QKV), config)
         converted[f"{LIT_QKV.format(i=layer)}.{kind}"] = fused
     return converted
+
+
+# ------------------------------------------------------------------------ Hugging Face Llama configs
+
+
+def hf_llama_config(config: Config, dtype: torch.dtype) -> dict[str, Any]:
+    """config.json of a Hugging Face ``LlamaForCausalLM`` with the shape of ``config``."""
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": config.padded_vocab_size,
+        "hidden_size": config.n_embd,
+        "intermediate_size": config.intermediate_size,
+        "num_hidden_layers": config.n_layer,
+        "num_attention_heads": config.n_head,
+        "num_key_value_heads": config.n_query_groups,
+        "head_dim": config.head_size,
+        "max_position_embeddings": config.block_size,
+        "rms_norm_eps": config.norm_eps,
+        "rope_theta": float(config.rope_base),
+        "rope_scaling": None,
+        "hidden_act": "silu",
+        "attention_bias": config.bias,
+        "mlp_bias": config.bias,
+        "tie_word_embeddings": False,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "torch_dtype": str(dtype).removeprefix("torch."),
+    }
+
+
+def config_from_hf(hf: dict[str, Any], source: Path) -> Config:
+    """Our Config for a Hugging Face Llama config.json; other architectures are refused."""
+    if hf.get("model_type") != "llama":
+        raise ValueError(f"{source}: model_type {hf.get('model_type')!r} is not a Llama model; only Llama converts")
+    if hf.get("rope_scaling") or (hf.get("rope_parameters") or {}).get("rope_type", "default") != "default":
+        raise ValueError(f"{source}: RoPE scaling is not supported")
+    if hf.get("hidden_act", "silu") != "silu" or hf.get("mlp_bias", False) != hf.get("attention_bias", False):
+        raise ValueError(f"{source}: only SiLU MLPs with biases matching the attention's are supported")
+    head_dim = hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"]
+    if head_dim * hf["num_attention_heads"] != hf["hidden_size"]:
+        raise ValueError(f"{source}: head_dim {head_dim} x {hf['num_attention_heads']} heads != hidden_size")
+    rope_theta = hf.get("rope_theta") or (hf.get("rope_parameters") or {}).get("rope_theta", 10000.0)
+    return Config(
+        name=hf.get("_name_or_path", ""),
+        block_size=hf["max_position_embeddings"],
+        vocab_size=hf["vocab_size"],
+        padded_vocab_size=hf["vocab_size"],
+        n_layer=hf["num_hidden_layers"],
+        n_head=hf["num_attention_heads"],
+        n_embd=hf["hidden_size"],
+        n_query_groups=hf.get("num_key_value_heads") or hf["num_attention_heads"],
+        intermediate_size=hf["intermediate_size"],
+        rope_base=int(rope_theta),
+        norm_eps=hf["rms_norm_eps"],
+        bias=hf.get("attention_bias", False),
+    )
+
+
+# ---------------------------------------------------------------------------- reading model weights
+
+
+def read_model_config(checkpoint_dir: Path) -> Config:
+    path = checkpoint_dir / "model_config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"No model_config.json in {checkpoint_dir}: not a lit or training checkpoint")
+    return Config(**json.loads(path.read_text()))
+
+
+def load_model_weights(checkpoint_dir: Path) -> dict[str, torch.Tensor]:
+    """The model's full state dict (Lit-GPT names) from a lit checkpoint directory (``model.safetensors``)
+    or a training checkpoint (sharded by torch.distributed.checkpoint, read in this one process)."""
+    if (checkpoint_dir / "model.safetensors").is_file():
+        from safetensors.torch import load_file
+
+        return load_file(checkpoint_dir / "model.safetensors")
+    if not (checkpoint_dir / ".metadata").is_file():
+        raise FileNotFoundError(f"{checkpoint_dir} holds neither model.safetensors nor a sharded training checkpoint")
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    metadata = dcp.FileSystemReader(checkpoint_dir).read_metadata().state_dict_metadata
+    model = {
+        key.removeprefix("model."): torch.empty(tuple(meta.size), dtype=meta.properties.dtype)
+        for key, meta in metadata.items()
+        if key.startswith("model.") and isinstance(meta, TensorStorageMetadata)
+    }
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load({"model": model}, checkpoint_id=checkpoint_dir, no_dist=True)
+    return model
+
+
+def find_tokenizer(checkpoint_dir: Path, tokenizer_path: Path | None) -> Tokenizer | None:
+    """The tokenizer given, the one a lit checkpoint holds, or the one its training run recorded."""
+    if tokenizer_path is not None:
+        return Tokenizer(tokenizer_path)
+    if (checkpoint_dir / "tokenizer.model").is_file():
+        return Tokenizer(checkpoint_dir / "tokenizer.model")
+    hyperparameters = checkpoint_dir / "hyperparameters.json"
+    recorded = json.loads(hyperparameters.read_text()).get("tokenizer_path") if hyperparameters.is_file() else None
+    if recorded and recorded != "None" and Path(recorded).exists():
+        return Tokenizer(recorded)
+    return None
+
+
+def check_state_dict(state_dict: dict[str, torch.Tensor], config: Config, source: Path) -> None:
+    """Every tensor the model needs is there, with its shape, and nothing else."""
+    from lit_gpt.model import GPT
+
+    with torch.device("meta"):
+        expected = {name: tensor.shape for name, tensor in GPT(config).state_dict().items()}
+    for name, shape in expected.items():
+        if name not in state_dict:
+            raise KeyError(f"{source}: missing tensor {name!r}")
+        if state_dict[name].shape != shape:
+            raise ValueError(
+                f"{source}: tensor {name!r} has shape {tuple(state_dict[name].shape)}, expected {tuple(shape)}"
+            )
+    unexpected = sorted(set(state_dict) - set(expected))
+    if unexpected:
+        raise KeyError(f"{source}: unexpected tensor {unexpected[0]!r}")
+
+
+# ----------------------------------------------------------------------------- Hugging Face weights
+
+
+def read_hf_weights(checkpoint_dir: Path) -> dict[str, torch.Tensor]:
+    """A Hugging Face model's tensors: safetensors (sharded or not), or ``pytorch_model*.bin`` loaded with
+    ``weights_only=True`` so that no pickled code ever runs."""
+    from safetensors.torch import load_file
+
+    for index_name, single_name in (
+        ("model.safetensors.index.json", "model.safetensors"),
+        ("pytorch_model.bin.index.json", "pytorch_model.bin"),
+    ):
+        index = checkpoint_dir / index_name
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else []
+        if not files and (checkpoint_dir / single_name).is_file():
+            files = [single_name]
+        if files:
+            weights: dict[str, torch.Tensor] = {}
+            for name in files:
+                path = checkpoint_dir / name
+                if name.endswith(".safetensors"):
+                    weights.update(load_file(path))
+                else:
+                    weights.update(torch.load(path, map_location="cpu", weights_only=True, mmap=True))
+            return weights
+    raise FileNotFoundError(f"No model.safetensors or pytorch_model.bin (or their index) in {checkpoint_dir}")
+
+
+def save_hf_weights(
+    weights: dict[str, torch.Tensor], output_dir: Path, dtype: torch.dtype | None, max_shard_bytes: int
+) -> None:
+    """model.safetensors, or model-0000i-of-0000n.safetensors plus an index above ``max_shard_bytes``.
+
+    Tensors are cast one shard at a time, so at most one shard exists twice in memory.
+    """
+    from safetensors.torch import save_file
+
+    shards: list[list[str]] = [[]]
+    size = 0
+    for name, tensor in weights.items():
+        nbytes = tensor.numel() * (dtype or tensor.dtype).itemsize
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(name)
+        size += nbytes
+    names = (
+        ["model.safetensors"]
+        if len(shards) == 1
+        else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    )
+    total = 0
+    for file_name, shard in zip(names, shards, strict=True):
+        tensors = {name: weights[name].to(dtype or weights[name].dtype).contiguous() for name in shard}
+        total += sum(t.numel() * t.element_size() for t in tensors.values())
+        save_file(tensors, output_dir / file_name, metadata={"format": "pt"})
+    if len(shards) > 1:
+        weight_map = {name: file_name for file_name, shard in zip(names, shards, strict=True) for name in shard}
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        (output_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+
+
+def write_atomically(output_dir: Path, write: Any) -> None:
+    """Call ``write(tmp_dir)`` and rename the result to ``output_dir``, which must not exist yet."""
+    if output_dir.exists() and any(output_dir.iterdir()):
+        raise FileExistsError(f"{output_dir} exists and is not empty")
+    tmp = output_dir.with_name(f".{output_dir.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    write(tmp)
+    if output_dir.exists():
+        output_dir.rmdir()
+    os.replace(tmp, output_dir)

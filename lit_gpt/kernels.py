@@ -75,7 +75,8 @@ def describe(device: torch.device | str) -> dict[str, str]:
     """Which implementation each kernel uses on ``device``, for the training log."""
     probe = torch.empty(0, device=device)
     if _backend == "reference":
-        return dict.fromkeys(("rms_norm", "apply_rotary", "swiglu", "attention", "cross_entropy"), "reference")
+        names = ("rms_norm", "apply_rotary", "swiglu", "attention", "cross_entropy", "linear_cross_entropy")
+        return dict.fromkeys(names, "reference")
     flash = _flash_attn(probe) is not None
     return {
         "rms_norm": "flash-attn triton" if flash else "torch.nn.functional.rms_norm",
@@ -83,6 +84,7 @@ def describe(device: torch.device | str) -> dict[str, str]:
         "swiglu": "xformers" if _xformers_ops(probe) is not None else "pytorch (fused by torch.compile)",
         "attention": "flash-attn 2" if flash else "scaled_dot_product_attention",
         "cross_entropy": "flash-attn triton" if flash else "chunked pytorch",
+        "linear_cross_entropy": "chunked pytorch, gradients in the forward pass",
     }
 
 

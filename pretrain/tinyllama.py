@@ -322,9 +322,10 @@ def train(fabric, hparams, config, plan, model, optimizer, train_loader, val_loa
                 metrics.log(
                     dict(step=state["step"], tokens=state["tokens"], val_loss=val_loss, val_ppl=math.exp(val_loss))
                 )
+            throughput.start(state["step"], state["tokens"])  # validation is not training time
         if state["step"] % hparams.save_interval == 0 or done:
             save(fabric, hparams, config, state, train_loader)
-            throughput.start(state["step"], state["tokens"])  # the save is not training time
+            throughput.start(state["step"], state["tokens"])  # nor is saving
 
 
 @torch.no_grad()
@@ -360,7 +361,8 @@ def save(fabric: L.Fabric, hparams: Hyperparameters, config: Config, state: dict
         "model_config.json": config.to_dict(),
         "hyperparameters.json": json.loads(json.dumps(vars(hparams), default=_jsonable)),
     }
-    path = save_training_state(fabric, hparams.out_dir, state["step"], state, files, hparams.keep_checkpoints)
+    copies = {"tokenizer.model": Tokenizer(hparams.tokenizer_path).path} if hparams.tokenizer_path else {}
+    path = save_training_state(fabric, hparams.out_dir, state["step"], state, files, hparams.keep_checkpoints, copies)
     fabric.print(f"Saved {path}")
 
 
@@ -428,5 +430,6 @@ if __name__ == "__main__":
     from jsonargparse import CLI
 
     torch.set_float32_matmul_precision("high")
+    sys.stdout.reconfigure(line_buffering=True)  # progress lines reach log files (SLURM, nohup) at once
     CLI(setup, as_positional=False)
     sys.exit(0)

@@ -43,10 +43,15 @@ def split_documents(tokens: np.ndarray) -> list[list[int]]:
     return [tokens[a + 1 : b].tolist() for a, b in zip(starts, [*starts[1:], len(tokens)], strict=True)]
 
 
-def load_pretrain_script():
-    """pretrain/tinyllama.py as a module (it is a script, not part of the package)."""
-    spec = importlib.util.spec_from_file_location("tinyllama", REPO_ROOT / "pretrain" / "tinyllama.py")
+def load_script(relative_path: str):
+    """A script of the repository (pretrain/, scripts/) as a module, to call its functions."""
+    path = REPO_ROOT / relative_path
+    spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while being defined
     spec.loader.exec_module(module)
     return module
+
+
+def load_pretrain_script():
+    return load_script("pretrain/tinyllama.py")

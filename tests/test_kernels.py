@@ -208,4 +208,5 @@ def test_describe_names_the_cpu_paths():
         "swiglu": "pytorch (fused by torch.compile)",
         "attention": "scaled_dot_product_attention",
         "cross_entropy": "chunked pytorch",
+        "linear_cross_entropy": "chunked pytorch, gradients in the forward pass",
     }

@@ -232,7 +232,7 @@ def test_startup_checks():
 @pytest.mark.slow
 def test_cpu_demo_recipe_learns(tmp_path):
     """The demo recipe on the sample corpus: validation loss ends well below chance, ln(4096)."""
-    run_demo(tmp_path, "--max_steps", "300")
+    run_demo(tmp_path)
 
 
 def test_short_demo_run_learns(tmp_path):

@@ -1,0 +1,65 @@
+"""Text generation with a KV cache: greedy at temperature 0, otherwise sampling with top-k / top-p."""
+
+from __future__ import annotations
+
+import torch
+
+from lit_gpt.model import GPT
+
+
+def sample(
+    logits: torch.Tensor,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    generator: torch.Generator | None,
+) -> int:
+    """One token id from the logits of the last position (padded-vocabulary entries included)."""
+    if temperature == 0:
+        return int(logits.argmax())
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.numel():
+        threshold = torch.topk(logits, top_k).values[-1]
+        logits = logits.masked_fill(logits < threshold, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        drop = cumulative - sorted_logits.softmax(dim=-1) > top_p  # keep the smallest set reaching top_p
+        logits = logits.masked_fill(drop.scatter(0, order, drop), float("-inf"))
+    return int(torch.multinomial(logits.softmax(dim=-1), 1, generator=generator))
+
+
+@torch.inference_mode()
+def generate(
+    model: GPT,
+    prompt: list[int],
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    eos_id: int | None = None,
+    generator: torch.Generator | None = None,
+) -> list[int]:
+    """The prompt's continuation (new tokens only), stopping after ``eos_id`` or ``max_new_tokens``."""
+    total = len(prompt) + max_new_tokens
+    if total > model.config.block_size:
+        raise ValueError(
+            f"Prompt ({len(prompt)} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's block_size "
+            f"{model.config.block_size}"
+        )
+    device = model.lm_head.weight.device
+    model.set_kv_cache(batch_size=1, max_seq_length=total)
+    try:
+        tokens = torch.tensor([prompt], device=device)
+        logits = model(tokens, input_pos=torch.arange(len(prompt), device=device))[0, -1]
+        new: list[int] = []
+        for position in range(len(prompt), total):
+            token = sample(logits, temperature, top_k, top_p, generator)
+            new.append(token)
+            if token == eos_id or position == total - 1:
+                break
+            logits = model(torch.tensor([[token]], device=device), input_pos=torch.tensor([position], device=device))
+            logits = logits[0, -1]
+        return new
+    finally:
+        model.clear_kv_cache()

@@ -1,0 +1,61 @@
+"""Convert a Hugging Face Llama model directory into a lit checkpoint directory.
+
+The output holds ``model.safetensors`` (Lit-GPT names, q/k/v fused), ``model_config.json`` and, if the
+source has one, ``tokenizer.model``: what ``pretrain/tinyllama.py --initial_checkpoint``,
+``scripts/generate.py`` and ``scripts/convert_lit_checkpoint.py`` read.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Literal
+
+import torch
+from jsonargparse import CLI
+from safetensors.torch import save_file
+
+from lit_gpt.checkpoint import check_state_dict, config_from_hf, hf_to_lit, read_hf_weights, write_atomically
+
+
+def convert_hf_checkpoint(
+    checkpoint_dir: Path, output_dir: Path, dtype: Literal["bfloat16", "float16", "float32"] | None = None
+) -> None:
+    """Convert ``checkpoint_dir`` (config.json + safetensors or pytorch_model*.bin) into ``output_dir``.
+
+    Args:
+        checkpoint_dir: a Hugging Face LlamaForCausalLM directory, e.g. TinyLlama/TinyLlama_v1.1.
+        output_dir: the lit checkpoint directory to create (must not exist or be empty).
+        dtype: cast the weights; default: keep the stored dtype.
+    """
+    config_path = checkpoint_dir / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"No config.json in {checkpoint_dir}")
+    hf_config = json.loads(config_path.read_text())
+    config = config_from_hf(hf_config, config_path)
+    weights = {k: v for k, v in read_hf_weights(checkpoint_dir).items() if not k.endswith("rotary_emb.inv_freq")}
+    if (
+        "lm_head.weight" not in weights
+        and hf_config.get("tie_word_embeddings")
+        and "model.embed_tokens.weight" in weights
+    ):
+        weights["lm_head.weight"] = weights["model.embed_tokens.weight"].clone()  # our output head is untied
+    state_dict = hf_to_lit(weights, config)
+    check_state_dict(state_dict, config, checkpoint_dir)
+    cast = getattr(torch, dtype) if dtype else None
+
+    def write(directory: Path) -> None:
+        save_file(
+            {k: v.to(cast or v.dtype).contiguous() for k, v in state_dict.items()}, directory / "model.safetensors"
+        )
+        (directory / "model_config.json").write_text(json.dumps(config.to_dict(), indent=2))
+        if (checkpoint_dir / "tokenizer.model").is_file():
+            shutil.copy(checkpoint_dir / "tokenizer.model", directory / "tokenizer.model")
+
+    write_atomically(output_dir, write)
+    print(f"Wrote a lit checkpoint of {sum(t.numel() for t in state_dict.values()):,} parameters to {output_dir}")
+
+
+if __name__ == "__main__":
+    CLI(convert_hf_checkpoint, as_positional=False)

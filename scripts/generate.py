@@ -1,0 +1,55 @@
+"""Continue a prompt with a trained model (a lit checkpoint or a training checkpoint)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from jsonargparse import CLI
+
+from lit_gpt import GPT
+from lit_gpt.checkpoint import check_state_dict, find_tokenizer, load_model_weights, read_model_config
+from lit_gpt.generation import generate
+
+
+def main(
+    checkpoint_dir: Path,
+    prompt: str = "Hello, my name is",
+    max_new_tokens: int = 50,
+    temperature: float = 0.8,
+    top_k: int | None = 200,
+    top_p: float | None = None,
+    seed: int = 1234,
+    tokenizer_path: Path | None = None,
+) -> str:
+    """Print the prompt followed by a sampled continuation.
+
+    Args:
+        checkpoint_dir: a lit checkpoint directory or a training checkpoint (out_dir/step-XXXXXXXX).
+        prompt: the text to continue.
+        max_new_tokens: at most this many new tokens (fewer if the end-of-text token comes first).
+        temperature: 0 picks the most likely token each time (greedy); higher values sample more freely.
+        top_k: sample only among the k most likely tokens.
+        top_p: sample only among the most likely tokens whose probabilities add up to p.
+        seed: makes sampling repeatable.
+        tokenizer_path: default: the checkpoint's own tokenizer, or the one its training run recorded.
+    """
+    config = read_model_config(checkpoint_dir)
+    weights = load_model_weights(checkpoint_dir)
+    check_state_dict(weights, config, checkpoint_dir)
+    model = GPT(config)
+    model.load_state_dict(weights)
+    model.eval()
+    tokenizer = find_tokenizer(checkpoint_dir, tokenizer_path)
+    if tokenizer is None:
+        raise FileNotFoundError(f"No tokenizer found for {checkpoint_dir}: pass --tokenizer_path")
+    prompt_ids = tokenizer.encode(prompt)
+    generator = torch.Generator().manual_seed(seed)
+    new = generate(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, tokenizer.eos_id, generator)
+    text = tokenizer.decode(prompt_ids + new)
+    print(text)
+    return text
+
+
+if __name__ == "__main__":
+    CLI(main, as_positional=False)

@@ -1,0 +1,52 @@
+"""Plot a run's training and validation loss and its learning rate against tokens seen."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from jsonargparse import CLI
+
+
+def plot_metrics(metrics_path: Path, output: Path | None = None) -> Path:
+    """Write a PNG of ``metrics.csv`` (as written by pretrain/tinyllama.py).
+
+    Args:
+        metrics_path: the run's metrics.csv.
+        output: the PNG to write; default: loss.png beside the CSV.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(metrics_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    train = [(int(r["tokens"]), float(r["train_loss"])) for r in rows if r["train_loss"]]
+    val = [(int(r["tokens"]), float(r["val_loss"])) for r in rows if r["val_loss"]]
+    lr = [(int(r["tokens"]), float(r["lr"])) for r in rows if r["lr"]]
+    if not train:
+        raise ValueError(f"{metrics_path} has no training-loss rows to plot")
+
+    figure, loss_axis = plt.subplots(figsize=(8, 4.5))
+    loss_axis.plot(*zip(*train, strict=True), label="train loss", color="tab:blue")
+    if val:
+        loss_axis.plot(*zip(*val, strict=True), "o-", label="validation loss", color="tab:orange")
+    loss_axis.set_xlabel("tokens")
+    loss_axis.set_ylabel("cross-entropy loss")
+    lr_axis = loss_axis.twinx()
+    lr_axis.plot(*zip(*lr, strict=True), "--", label="learning rate", color="tab:gray")
+    lr_axis.set_ylabel("learning rate")
+    handles = loss_axis.get_legend_handles_labels()[0] + lr_axis.get_legend_handles_labels()[0]
+    loss_axis.legend(handles, [h.get_label() for h in handles], loc="upper right")
+    loss_axis.set_title(f"{metrics_path.parent.name}: loss and learning rate")
+    figure.tight_layout()
+    output = output or metrics_path.with_name("loss.png")
+    figure.savefig(output, dpi=100)
+    plt.close(figure)
+    print(f"Wrote {output}")
+    return output
+
+
+if __name__ == "__main__":
+    CLI(plot_metrics, as_positional=False)
