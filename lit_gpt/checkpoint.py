@@ -37,6 +37,22 @@ def complete_checkpoints(out_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: p.name)
 
 
+def resume_checkpoint(resume: bool | str | Path, out_dir: Path) -> Path | None:
+    """The checkpoint ``--resume`` asks for: "auto" the newest in ``out_dir`` if any, true the newest
+    (which must exist), false none, or a given checkpoint directory."""
+    if resume is False:
+        return None
+    if resume is True or resume == "auto":
+        found = complete_checkpoints(out_dir)
+        if not found and resume is True:
+            raise FileNotFoundError(f"--resume true but no checkpoint in {out_dir}")
+        return found[-1] if found else None
+    path = Path(resume)
+    if not (path / "meta.pt").is_file():
+        raise FileNotFoundError(f"{path} is not a complete training checkpoint (no meta.pt)")
+    return path
+
+
 def save_training_state(
     fabric: Any,
     out_dir: Path,

@@ -28,7 +28,7 @@ from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from lit_gpt import GPT, Config, Tokenizer, kernels
-from lit_gpt.checkpoint import complete_checkpoints, save_training_state
+from lit_gpt.checkpoint import check_state_dict, load_model_weights, resume_checkpoint, save_training_state
 from lit_gpt.data.loader import BlockLoader, create_loader
 from lit_gpt.monitor import MetricsLogger, Throughput, format_eta
 from lit_gpt.schedule import Stage, StagePlan, cosine_lr
@@ -213,7 +213,9 @@ def main(fabric: L.Fabric, hparams: Hyperparameters) -> None:
     fabric.seed_everything(hparams.seed)
     model = GPT(config, activation_checkpointing=hparams.activation_checkpointing)
     if hparams.initial_checkpoint is not None:
-        load_lit_weights(model, hparams.initial_checkpoint)
+        weights = load_model_weights(hparams.initial_checkpoint)
+        check_state_dict(weights, config, hparams.initial_checkpoint)
+        model.load_state_dict(weights)
     model = fabric.setup(model)
     optimizer = torch.optim.AdamW(
         model.parameters(),
@@ -233,7 +235,7 @@ def main(fabric: L.Fabric, hparams: Hyperparameters) -> None:
         "loaders": None,
         "rng": torch.get_rng_state(),
     }
-    resume_from = find_resume_checkpoint(hparams)
+    resume_from = resume_checkpoint(hparams.resume, hparams.out_dir)
     if resume_from is not None:
         fabric.load(resume_from, state)
         if len(state["loaders"]) != world:
@@ -366,20 +368,6 @@ def save(fabric: L.Fabric, hparams: Hyperparameters, config: Config, state: dict
     fabric.print(f"Saved {path}")
 
 
-def find_resume_checkpoint(hparams: Hyperparameters) -> Path | None:
-    if hparams.resume is False:
-        return None
-    if hparams.resume is True or hparams.resume == "auto":
-        found = complete_checkpoints(hparams.out_dir)
-        if not found and hparams.resume is True:
-            raise FileNotFoundError(f"--resume true but no checkpoint in {hparams.out_dir}")
-        return found[-1] if found else None
-    path = Path(hparams.resume)
-    if not (path / "meta.pt").is_file():
-        raise FileNotFoundError(f"{path} is not a complete training checkpoint (no meta.pt)")
-    return path
-
-
 def stage_plan(hparams: Hyperparameters, config: Config, world_size: int) -> StagePlan:
     """The run's stages (one for a run given by max_tokens or max_steps), with batch sizes checked."""
     stages = hparams.stages
@@ -415,15 +403,6 @@ def check_tokenizer(config: Config, hparams: Hyperparameters) -> None:
     for manifest in (m for directory in directories for m in Path(directory).glob("*.manifest.json")):
         if json.loads(manifest.read_text())["settings"]["tokenizer_sha256"] != digest:
             raise ValueError(f"{manifest} records shards made with another tokenizer than {tokenizer.path}")
-
-
-def load_lit_weights(model: GPT, directory: Path) -> None:
-    from safetensors.torch import load_file
-
-    path = Path(directory) / "model.safetensors"
-    if not path.is_file():
-        raise FileNotFoundError(f"No lit checkpoint at {path} (make one with scripts/convert_hf_checkpoint.py)")
-    model.load_state_dict(load_file(path))
 
 
 if __name__ == "__main__":

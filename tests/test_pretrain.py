@@ -1,6 +1,7 @@
 """The training loop, run for real as a script: distributed equivalence, exact resume, guards."""
 
 import csv
+import json
 import math
 import os
 import signal
@@ -12,8 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-from lit_gpt import Config
+from lit_gpt import GPT, Config
+from lit_gpt.checkpoint import load_model_weights
 from lit_gpt.data.shards import write_shard
 from lit_gpt.schedule import Stage
 
@@ -94,7 +97,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_give_the_losses_of_one(data, tmp_path):
+def test_two_processes_give_the_losses_of_one_with_full_or_hybrid_sharding(data, tmp_path):
     single_data = data / "a"  # one source: both runs then see the same blocks in each global batch
 
     def args(out: Path, devices: str) -> list[str]:  # the whole validation set, whatever the world size
@@ -104,23 +107,18 @@ def test_two_processes_give_the_losses_of_one(data, tmp_path):
         )
 
     run(args(tmp_path / "one", "1"))
-    torchrun = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        str(free_port()),
-    ]
-    run(args(tmp_path / "two", "2"), launcher=torchrun)
-    one, two = metrics(tmp_path / "one", "train_loss"), metrics(tmp_path / "two", "train_loss")
-    assert sorted(one) == sorted(two) == [1, 2, 3, 4, 5]
-    for step in one:
-        assert abs(float(one[step]) - float(two[step])) <= 1e-5, (step, one[step], two[step])
-    val_one, val_two = metrics(tmp_path / "one", "val_loss"), metrics(tmp_path / "two", "val_loss")
-    assert abs(float(val_one[5]) - float(val_two[5])) <= 1e-5
-    assert sorted(p.name for p in (tmp_path / "two").glob("step-*")) == ["step-00000005"]
+    one = metrics(tmp_path / "one", "train_loss")
+    assert sorted(one) == [1, 2, 3, 4, 5]
+    for name, extra in (("two", []), ("hybrid", ["--hybrid_sharding", "true"])):
+        torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+        run(args(tmp_path / name, "2") + extra, launcher=[*torchrun, "--master_port", str(free_port())])
+        two = metrics(tmp_path / name, "train_loss")
+        assert sorted(two) == sorted(one)
+        for step in one:
+            assert abs(float(one[step]) - float(two[step])) <= 1e-5, (name, step, one[step], two[step])
+        val_one, val_two = metrics(tmp_path / "one", "val_loss"), metrics(tmp_path / name, "val_loss")
+        assert abs(float(val_one[5]) - float(val_two[5])) <= 1e-5
+        assert sorted(p.name for p in (tmp_path / name).glob("step-*")) == ["step-00000005"]
 
 
 def test_resume_after_kill_9_mid_checkpoint_is_bitwise_exact(data, tmp_path):
@@ -306,3 +304,33 @@ def run_demo(tmp_path: Path, *extra: str) -> None:
     val = {step: float(loss) for step, loss in metrics(tmp_path / "out", "val_loss").items()}
     first, last = val[min(val)], val[max(val)]
     assert last < first and last < 0.75 * math.log(4096), val
+
+
+def test_initial_checkpoint_starts_from_its_weights(data, tmp_path):
+    from safetensors.torch import save_file
+
+    config = Config.from_name(
+        "tiny_LLaMA_5M", n_layer=2, n_embd=64, n_head=4, n_query_groups=2, intermediate_size=128, block_size=32
+    )
+    initial = {name: torch.randn_like(t) * 0.05 for name, t in GPT(config).state_dict().items()}
+    (tmp_path / "lit").mkdir()
+    save_file(initial, tmp_path / "lit" / "model.safetensors")
+    (tmp_path / "lit" / "model_config.json").write_text(json.dumps(config.to_dict()))
+    args = train_args(
+        data,
+        tmp_path / "out",
+        "--max_steps",
+        "1",
+        "--initial_checkpoint",
+        str(tmp_path / "lit"),
+        "--learning_rate",
+        "0",
+        "--min_lr",
+        "0",
+        "--warmup_steps",
+        "1",
+    )
+    run(args)
+    trained = load_model_weights(tmp_path / "out" / "step-00000001")  # learning rate 0: unchanged weights
+    assert trained.keys() == initial.keys()
+    assert all(torch.equal(trained[name], initial[name]) for name in initial)
