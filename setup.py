@@ -16,8 +16,18 @@ setup(
     extras_require={
         "gpu": ["flash-attn>=2.5", "xformers>=0.0.28"],
         "wandb": ["wandb"],
+        "tensorboard": ["tensorboard"],
         "hf": ["transformers>=4.45", "protobuf"],
         "demo": ["transformers>=4.45", "protobuf", "matplotlib"],
-        "test": ["pytest>=8", "pytest-timeout", "transformers>=4.45", "protobuf", "ruff", "matplotlib"],
+        "test": [
+            "pytest>=8",
+            "pytest-timeout",
+            "transformers>=4.45",
+            "protobuf",
+            "ruff",
+            "matplotlib",
+            "tensorboard",
+            "wandb",
+        ],
     },
 )

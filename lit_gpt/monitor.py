@@ -102,7 +102,9 @@ class MetricsLogger:
         if logger in ("wandb", "tensorboard"):
             package = "wandb" if logger == "wandb" else "tensorboard"
             if importlib.util.find_spec(package) is None:
-                raise ModuleNotFoundError(f"--logger {logger} needs the {package} package: pip install {package}")
+                raise ModuleNotFoundError(
+                    f"--logger {logger} needs the {package} package: pip install -e '.[{package}]'"
+                )
         if logger == "wandb":
             import wandb
 

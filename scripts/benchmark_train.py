@@ -24,6 +24,7 @@ import torch
 from jsonargparse import CLI
 
 from lit_gpt import GPT, Config
+from lit_gpt.checkpoint import hf_llama_config
 from lit_gpt.monitor import flops_per_token, peak_flops
 
 CPU_COMPARISON = {"n_layer": 4, "n_embd": 256, "n_head": 8, "n_query_groups": 2, "intermediate_size": 704}
@@ -33,20 +34,7 @@ DTYPES = {"32-true": torch.float32, "bf16-true": torch.bfloat16}
 def hf_model(config: Config):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    hf_config = LlamaConfig(
-        vocab_size=config.padded_vocab_size,
-        hidden_size=config.n_embd,
-        intermediate_size=config.intermediate_size,
-        num_hidden_layers=config.n_layer,
-        num_attention_heads=config.n_head,
-        num_key_value_heads=config.n_query_groups,
-        max_position_embeddings=config.block_size,
-        rms_norm_eps=config.norm_eps,
-        rope_theta=config.rope_base,
-        tie_word_embeddings=False,
-        attn_implementation="sdpa",
-    )
-    return LlamaForCausalLM(hf_config)
+    return LlamaForCausalLM(LlamaConfig(**hf_llama_config(config, torch.float32), attn_implementation="sdpa"))
 
 
 def measure(

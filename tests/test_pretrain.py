@@ -334,3 +334,16 @@ def test_initial_checkpoint_starts_from_its_weights(data, tmp_path):
     trained = load_model_weights(tmp_path / "out" / "step-00000001")  # learning rate 0: unchanged weights
     assert trained.keys() == initial.keys()
     assert all(torch.equal(trained[name], initial[name]) for name in initial)
+
+
+@pytest.mark.parametrize("logger", ["tensorboard", "wandb"])
+def test_optional_loggers_write_their_runs(data, tmp_path, monkeypatch, logger):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)  # wandb must then run offline
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run(train_args(data, tmp_path / "out", "--max_steps", "2", "--logger", logger))
+    if logger == "tensorboard":
+        assert list((tmp_path / "out" / "tensorboard").glob("events.out.tfevents.*"))
+    else:
+        runs = list((tmp_path / "out" / "wandb").glob("offline-run-*"))
+        assert runs and list(runs[0].glob("*.wandb"))
+    assert sorted(metrics(tmp_path / "out", "train_loss")) == [1, 2]  # the CSV is written as well
