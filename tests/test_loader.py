@@ -62,6 +62,12 @@ def test_every_block_is_read_exactly_once_per_epoch(tmp_path, world_size, num_wo
     assert sorted(read) == sorted(blocks)  # as multisets: none twice, none missing
 
 
+def test_pending_tokens_of_an_unfinished_preparation_are_not_read(tmp_path):
+    blocks = make_dataset(tmp_path / "data", [4])
+    write_shard(tmp_path / "data" / ".train_test_0.pending.3.bin", np.arange(10**6, 10**6 + 80, dtype=np.int32))
+    assert sorted(read_epoch([tmp_path / "data"], world_size=1, num_workers=0)) == sorted(blocks)
+
+
 def test_a_validation_set_smaller_than_world_size_times_window_works(tmp_path):
     blocks = make_dataset(tmp_path / "val", [2, 1])
     assert sorted(read_epoch([tmp_path / "val"], world_size=4, num_workers=2, window=8)) == sorted(blocks)

@@ -43,7 +43,8 @@ class ShardedBlocks:
         directory = Path(directory)
         if not directory.is_dir():
             raise FileNotFoundError(f"Dataset directory {directory} does not exist")
-        self.paths = sorted(directory.glob("*.bin"))
+        # Hidden files are a preparation job's pending tokens, not shards.
+        self.paths = sorted(p for p in directory.glob("*.bin") if not p.name.startswith("."))
         if not self.paths:
             raise FileNotFoundError(f"Dataset directory {directory} holds no .bin shards")
         self.directory, self.block_tokens, self.seed, self.window = directory, block_size + 1, seed, window

@@ -183,6 +183,7 @@ def prepare_corpus(
     progress, pending = manifest.load(settings)
     if progress.complete:
         print(f"{manifest.path} says this job is complete; nothing to do.")
+        print_summary(progress, destination_path)
         return progress
     writer = ShardWriter(destination_path, split, source, shard_index, chunk_size, dtype, progress.next_shard, pending)
     remaining = files[progress.files_done :]
