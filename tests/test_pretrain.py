@@ -347,3 +347,12 @@ def test_optional_loggers_write_their_runs(data, tmp_path, monkeypatch, logger):
         runs = list((tmp_path / "out" / "wandb").glob("offline-run-*"))
         assert runs and list(runs[0].glob("*.wandb"))
     assert sorted(metrics(tmp_path / "out", "train_loss")) == [1, 2]  # the CSV is written as well
+
+
+@pytest.mark.slow
+def test_compiled_blocks_train_like_eager_ones(data, tmp_path):
+    for name, extra in (("eager", []), ("compiled", ["--compile", "true"])):
+        run(train_args(data, tmp_path / name, "--max_steps", "3", *extra))
+    eager, compiled = metrics(tmp_path / "eager", "train_loss"), metrics(tmp_path / "compiled", "train_loss")
+    assert sorted(eager) == sorted(compiled) == [1, 2, 3]
+    assert all(abs(float(eager[s]) - float(compiled[s])) < 1e-4 for s in eager)
