@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import sys
 from functools import partial
 from pathlib import Path
 
 from jsonargparse import CLI
 
 from lit_gpt.data.corpora import read_slimpajama, slimpajama_files
-from lit_gpt.data.prepare import prepare_corpus, select_files
+from lit_gpt.data.prepare import prepare_and_exit
 
 
 def prepare(
@@ -43,21 +41,22 @@ def prepare(
         exclude_sets: RedPajama sets (``meta.redpajama_set_name``) left out; default: RedPajamaGithub,
             as TinyLlama takes its code from StarCoderData instead.
     """
-    files = select_files(slimpajama_files(source_path, split), percentage, num_shards, shard_index)
-    excluded = frozenset(["RedPajamaGithub"] if exclude_sets is None else exclude_sets)
-    progress = prepare_corpus(
-        files,
-        partial(read_slimpajama, exclude_sets=excluded),
-        source="slimpajama",
-        tokenizer_path=tokenizer_path,
-        destination_path=destination_path or Path("data/slimpajama") / split,
-        split=split,
-        chunk_size=chunk_size,
-        num_workers=num_workers or os.cpu_count() or 1,
-        shard_index=shard_index,
+    read = partial(
+        read_slimpajama, exclude_sets=frozenset(["RedPajamaGithub"] if exclude_sets is None else exclude_sets)
     )
-    if progress.failed_files:
-        sys.exit(1)
+    prepare_and_exit(
+        slimpajama_files(source_path, split),
+        read,
+        "slimpajama",
+        tokenizer_path,
+        destination_path,
+        split,
+        chunk_size,
+        percentage,
+        num_workers,
+        num_shards,
+        shard_index,
+    )
 
 
 if __name__ == "__main__":

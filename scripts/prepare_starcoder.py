@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 
 from jsonargparse import CLI
 
 from lit_gpt.data.corpora import read_starcoder, starcoder_files
-from lit_gpt.data.prepare import prepare_corpus, select_files
+from lit_gpt.data.prepare import prepare_and_exit
 
 
 def prepare(
@@ -42,20 +40,20 @@ def prepare(
         languages: language directories to use, e.g. ``[python, jupyter]`` for TinyLlama v1.1
             Math&Code; default: all of them.
     """
-    files = select_files(starcoder_files(source_path, languages), percentage, num_shards, shard_index)
-    progress = prepare_corpus(
-        files,
-        read_starcoder,
-        source="starcoder",
-        tokenizer_path=tokenizer_path,
-        destination_path=destination_path or Path("data/starcoder") / split,
-        split=split,
-        chunk_size=chunk_size,
-        num_workers=num_workers or os.cpu_count() or 1,
-        shard_index=shard_index,
+    read = read_starcoder
+    prepare_and_exit(
+        starcoder_files(source_path, languages),
+        read,
+        "starcoder",
+        tokenizer_path,
+        destination_path,
+        split,
+        chunk_size,
+        percentage,
+        num_workers,
+        num_shards,
+        shard_index,
     )
-    if progress.failed_files:
-        sys.exit(1)
 
 
 if __name__ == "__main__":

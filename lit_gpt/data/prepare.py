@@ -221,6 +221,36 @@ def prepare_corpus(
     return progress
 
 
+def prepare_and_exit(
+    files: list[Path],
+    read: Reader,
+    source: str,
+    tokenizer_path: Path,
+    destination_path: Path | None,
+    split: str,
+    chunk_size: int,
+    percentage: float,
+    num_workers: int | None,
+    num_shards: int,
+    shard_index: int,
+) -> None:
+    """What both prepare scripts do with their arguments: select this machine's files, apply the
+    defaults (``data/{source}/{split}``, all cores), prepare, and exit with 1 if a file was unreadable."""
+    progress = prepare_corpus(
+        select_files(files, percentage, num_shards, shard_index),
+        read,
+        source=source,
+        tokenizer_path=tokenizer_path,
+        destination_path=destination_path or Path("data") / source / split,
+        split=split,
+        chunk_size=chunk_size,
+        num_workers=num_workers or os.cpu_count() or 1,
+        shard_index=shard_index,
+    )
+    if progress.failed_files:
+        sys.exit(1)
+
+
 @contextlib.contextmanager
 def _tokenized(
     files: list[Path], read: Reader, tokenizer_path: Path, dtype: np.dtype, num_workers: int
