@@ -23,9 +23,9 @@ def sample(
         logits = logits.masked_fill(logits < threshold, float("-inf"))
     if top_p is not None and top_p < 1.0:
         sorted_logits, order = torch.sort(logits, descending=True)
-        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-        drop = cumulative - sorted_logits.softmax(dim=-1) > top_p  # keep the smallest set reaching top_p
-        logits = logits.masked_fill(drop.scatter(0, order, drop), float("-inf"))
+        probs = sorted_logits.softmax(dim=-1)
+        drop = probs.cumsum(dim=-1) - probs > top_p  # keep the smallest set that reaches top_p
+        logits = logits.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
     return int(torch.multinomial(logits.softmax(dim=-1), 1, generator=generator))
 
 

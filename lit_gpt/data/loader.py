@@ -47,7 +47,7 @@ class ShardedBlocks:
         self.paths = sorted(p for p in directory.glob("*.bin") if not p.name.startswith("."))
         if not self.paths:
             raise FileNotFoundError(f"Dataset directory {directory} holds no .bin shards")
-        self.directory, self.block_tokens, self.seed, self.window = directory, block_size + 1, seed, window
+        self.block_tokens, self.seed, self.window = block_size + 1, seed, window
         headers = [read_header(path) for path in self.paths]
         for path, (dtype, _) in zip(self.paths, headers, strict=True):
             if dtype.kind not in "iu" or dtype != headers[0][0]:

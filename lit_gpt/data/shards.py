@@ -112,7 +112,6 @@ class ShardWriter:
         self.chunk_size, self.dtype, self.next_index = chunk_size, np.dtype(dtype), next_index
         self._buffer = np.empty(chunk_size, dtype=self.dtype)
         self._filled = 0
-        self.written_tokens = 0
         if pending is not None:
             self.add(pending)
 
@@ -137,6 +136,5 @@ class ShardWriter:
     def _flush(self) -> None:
         name = shard_name(self.split, self.source, self.writer, self.next_index)
         write_shard(self.directory / name, self._buffer[: self._filled])
-        self.written_tokens += self._filled
         self.next_index += 1
         self._filled = 0
