@@ -23,6 +23,8 @@ from lit_gpt.config import Config
 from lit_gpt.tokenizer import Tokenizer
 
 CHECKPOINT_PATTERN = re.compile(r"^step-(\d{8})$")
+DATA_FINGERPRINT = "data_fingerprint.json"  # the training shards' names and sizes, per source
+RUN_FILES = ("metrics.csv", "tensorboard", "wandb")  # what a run writes into out_dir besides checkpoints
 
 
 def checkpoint_name(step: int) -> str:
@@ -35,6 +37,16 @@ def complete_checkpoints(out_dir: Path) -> list[Path]:
         return []
     found = [p for p in out_dir.iterdir() if p.is_dir() and CHECKPOINT_PATTERN.match(p.name)]
     return sorted(found, key=lambda p: p.name)
+
+
+def remove_run(out_dir: Path) -> list[str]:
+    """Delete a run's checkpoints (complete or not) and logs from ``out_dir``; returns what was removed."""
+    removed = []
+    for path in sorted(out_dir.iterdir()) if out_dir.is_dir() else []:
+        if CHECKPOINT_PATTERN.match(path.name.removeprefix(".tmp-")) or path.name in RUN_FILES:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+            removed.append(path.name)
+    return removed
 
 
 def resume_checkpoint(resume: bool | str | Path, out_dir: Path) -> Path | None:

@@ -12,6 +12,8 @@ import bisect
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 
 def cosine_lr(step: int, max_lr: float, min_lr: float, warmup_steps: int, max_steps: int) -> float:
     """Linear warmup to ``max_lr`` over ``warmup_steps`` steps, then cosine decay to ``min_lr``.
@@ -93,13 +95,22 @@ class StagePlan:
         index = self.stage_index(step)
         return self.start_tokens[index] + (step - self.start_steps[index]) * self.batch_sizes[index] * self.block_size
 
+    def positions_before(self, step: int) -> int:
+        """Sequences (positions of the data stream) trained before ``step`` starts."""
+        return self.tokens_before(step) // self.block_size
+
+    def mixture(self, tokens: np.ndarray) -> np.ndarray:
+        """The mixture after each of ``tokens`` tokens: one row per entry, one weight per source in
+        declaration order (vectorised, for the loader's draws)."""
+        tokens = np.asarray(tokens, dtype=np.int64)
+        index = np.clip(np.searchsorted(self.start_tokens, tokens, side="right") - 1, 0, len(self.stages) - 1)
+        target = np.array(self.mixtures)[index]
+        start = np.array([self._vector(stage.ramp_from or {}) for stage in self.stages])[index]
+        ramp = np.array([stage.ramp_tokens if stage.ramp_from is not None else 0 for stage in self.stages])[index]
+        into_stage = tokens - np.array(self.start_tokens)[index]
+        fraction = np.where(into_stage < ramp, into_stage / np.maximum(ramp, 1), 1.0)[:, None]
+        return start + (target - start) * fraction
+
     def weights(self, tokens: int) -> list[float]:
-        """The mixture, one weight per source in declaration order, after ``tokens`` tokens."""
-        index = min(bisect.bisect_right(self.start_tokens, tokens) - 1, len(self.stages) - 1)
-        stage, target = self.stages[index], self.mixtures[index]
-        into_stage = tokens - self.start_tokens[index]
-        if stage.ramp_from is None or into_stage >= stage.ramp_tokens:
-            return target
-        fraction = into_stage / stage.ramp_tokens
-        start = self._vector(stage.ramp_from)
-        return [a + (b - a) * fraction for a, b in zip(start, target, strict=True)]
+        """The mixture after ``tokens`` tokens, one weight per source in declaration order."""
+        return self.mixture(np.array([tokens]))[0].tolist()

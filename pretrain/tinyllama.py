@@ -11,7 +11,6 @@ its newest complete checkpoint.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import sys
@@ -22,25 +21,39 @@ from typing import Literal
 
 import lightning as L
 import torch
-import torch.distributed as dist
 from lightning.fabric.strategies import ModelParallelStrategy
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from lit_gpt import GPT, Config, Tokenizer, kernels
-from lit_gpt.checkpoint import check_state_dict, load_model_weights, resume_checkpoint, save_training_state
-from lit_gpt.data.loader import BlockLoader, create_loader
+from lit_gpt.checkpoint import (
+    DATA_FINGERPRINT,
+    check_state_dict,
+    complete_checkpoints,
+    load_model_weights,
+    remove_run,
+    resume_checkpoint,
+    save_training_state,
+)
+from lit_gpt.data.index import Fingerprint, file_sha256
+from lit_gpt.data.loader import BlockLoader, ShardedBlocks, create_loader
 from lit_gpt.monitor import MetricsLogger, Throughput, format_eta
 from lit_gpt.schedule import Stage, StagePlan, cosine_lr
 
 
 @dataclass
 class DataSource:
-    """A dataset directory of packed shards, its name (for stage mixtures) and its default weight."""
+    """A dataset directory of packed shards, its name (for stage mixtures) and its default weight.
+
+    ``prefix`` selects the shards whose names start with it, for a directory that holds several sources
+    (the original TinyLlama scripts write ``train_slimpajama*``, ``train_starcoder*`` and ``valid_*``
+    into one folder).
+    """
 
     name: str
     path: Path
     weight: float = 1.0
+    prefix: str = ""
 
 
 TINYLLAMA_MIXTURE = [
@@ -58,6 +71,7 @@ def setup(
     model_config: dict | None = None,
     train_data: list[DataSource] | None = None,
     val_data: Path | None = Path("data/slimpajama/validation"),
+    val_prefix: str = "",
     tokenizer_path: Path | None = None,
     out_dir: Path = Path("out/tinyllama"),
     devices: int | str = "auto",
@@ -82,6 +96,8 @@ def setup(
     save_interval: int = 1000,
     keep_checkpoints: int = 3,
     resume: bool | Literal["auto"] | Path = "auto",
+    overwrite: bool = False,
+    allow_data_change: bool = False,
     initial_checkpoint: Path | None = None,
     compile: bool = False,
     activation_checkpointing: bool = False,
@@ -98,6 +114,7 @@ def setup(
         train_data: dataset directories with names and mixture weights; default SlimPajama 0.693584,
             StarCoder 0.306416 (data/slimpajama/train, data/starcoder/train).
         val_data: a dataset directory for validation, or null for none.
+        val_prefix: read only the validation shards whose names start with this (e.g. ``valid_``).
         tokenizer_path: the tokenizer the shards were made with; checked against the model and
             recorded in checkpoints for conversion.
         out_dir: checkpoints, metrics.csv and logs.
@@ -125,7 +142,11 @@ def setup(
         save_interval: optimizer steps between checkpoints (one is also written at the end).
         keep_checkpoints: how many of the newest checkpoints to keep.
         resume: "auto" continues from the newest complete checkpoint in out_dir if there is one; a path
-            resumes from that checkpoint; false starts over.
+            resumes from that checkpoint (on any number of devices); false starts a new run, which an
+            out_dir holding checkpoints refuses unless overwrite is true.
+        overwrite: with resume false, delete the checkpoints and metrics of the run already in out_dir.
+        allow_data_change: resume even though the training shards differ from the checkpoint's (shards
+            added, removed or resized, as in continual pretraining on grown data).
         initial_checkpoint: a lit checkpoint directory (scripts/convert_hf_checkpoint.py) whose weights
             start the run.
         compile: compile each transformer block with torch.compile.
@@ -176,24 +197,31 @@ def parallelize(model: GPT, mesh: DeviceMesh, hparams: Hyperparameters) -> GPT:
 def main(fabric: L.Fabric, hparams: Hyperparameters) -> None:
     out_dir = hparams.out_dir
     config = Config.from_name(hparams.model_name, **hparams.model_config)
-    check_tokenizer(config, hparams)
     world = fabric.world_size
     plan = stage_plan(hparams, config, world)
     names = [source.name for source in hparams.train_data]
+    resume_from = claim_out_dir(fabric, hparams)
+
+    def source(path: Path, prefix: str) -> ShardedBlocks:
+        return ShardedBlocks(path, config.block_size, hparams.seed, prefix=prefix, vocab_size=config.vocab_size)
+
+    train_sources = [source(s.path, s.prefix) for s in hparams.train_data]
     train_loader = create_loader(
-        [source.path for source in hparams.train_data],
+        train_sources,
         config.block_size,
         hparams.micro_batch_size,
-        weights=plan.weights,
+        global_batch_size=plan.global_batch_size,
+        weights=plan.mixture,
         seed=hparams.seed,
         rank=fabric.global_rank,
         world_size=world,
         num_workers=hparams.num_workers,
     )
+    val_sources = [] if hparams.val_data is None else [source(hparams.val_data, hparams.val_prefix)]
     val_loader = None
-    if hparams.val_data is not None:
+    if val_sources:
         val_loader = create_loader(
-            [hparams.val_data],
+            val_sources,
             config.block_size,
             hparams.micro_batch_size,
             seed=hparams.seed,
@@ -201,6 +229,8 @@ def main(fabric: L.Fabric, hparams: Hyperparameters) -> None:
             world_size=world,
             epochs=1,
         )
+    check_tokenizer(config, hparams, train_sources + val_sources)
+    fingerprint = {name: blocks.fingerprint() for name, blocks in zip(names, train_sources, strict=True)}
     if fabric.global_rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
         fabric.print(f"Model {config.name or hparams.model_name}: {json.dumps(config.to_dict())}")
@@ -232,28 +262,39 @@ def main(fabric: L.Fabric, hparams: Hyperparameters) -> None:
         "step": 0,
         "tokens": 0,
         "skipped_steps": 0,
-        "loaders": None,
+        "data": None,
         "rng": torch.get_rng_state(),
     }
-    resume_from = resume_checkpoint(hparams.resume, hparams.out_dir)
     if resume_from is not None:
+        check_same_data(resume_from, fingerprint, hparams.allow_data_change, fabric)
         fabric.load(resume_from, state)
-        if len(state["loaders"]) != world:
-            raise ValueError(f"{resume_from} was written by {len(state['loaders'])} ranks; this run has {world}")
-        train_loader.load_state_dict(state["loaders"][fabric.global_rank])
+        train_loader.load_state_dict(state["data"])
+        if state["data"]["step"] != state["step"]:
+            raise ValueError(
+                f"{resume_from}: its data position is at step {state['data']['step']}, not {state['step']}"
+            )
         torch.set_rng_state(state["rng"])
         fabric.print(f"Resumed from {resume_from} at step {state['step']:,} ({state['tokens']:,} tokens)")
+        if state["step"] >= plan.max_steps:
+            fabric.print(
+                f"The run in {out_dir} is finished: step {state['step']:,} of {plan.max_steps:,}. To train further, "
+                "raise --max_steps or --max_tokens (or add a stage) and resume; the learning-rate schedule then "
+                "follows the new length."
+            )
+            return
 
     metrics = None
     if fabric.global_rank == 0:
         run_config = json.loads(json.dumps(vars(hparams), default=_jsonable))
         metrics = MetricsLogger(out_dir, hparams.logger, state["step"], run_config)
-    train(fabric, hparams, config, plan, model, optimizer, train_loader, val_loader, state, metrics)
+    train(fabric, hparams, config, plan, model, optimizer, train_loader, val_loader, state, metrics, fingerprint)
     if metrics is not None:
         metrics.close()
 
 
-def train(fabric, hparams, config, plan, model, optimizer, train_loader, val_loader, state, metrics) -> None:
+def train(
+    fabric, hparams, config, plan, model, optimizer, train_loader, val_loader, state, metrics, fingerprint
+) -> None:
     world = fabric.world_size
     batches = iter(train_loader)
     throughput = Throughput(config, world, fabric.device)
@@ -326,7 +367,7 @@ def train(fabric, hparams, config, plan, model, optimizer, train_loader, val_loa
                 )
             throughput.start(state["step"], state["tokens"])  # validation is not training time
         if state["step"] % hparams.save_interval == 0 or done:
-            save(fabric, hparams, config, state, train_loader)
+            save(fabric, hparams, config, state, train_loader, fingerprint)
             throughput.start(state["step"], state["tokens"])  # nor is saving
 
 
@@ -338,7 +379,7 @@ def validate(fabric: L.Fabric, model: torch.nn.Module, loader: BlockLoader, eval
     every rank must take part in each sharded forward pass.
     """
     model.eval()
-    loader.load_state_dict({"batches": 0, "consumers": {}})
+    loader.reset()
     batches = [batch for _, batch in zip(range(eval_iters), loader, strict=False)]
     block_tokens = batches[0].shape[1] if batches else loader.dataset.block_tokens
     rounds = int(fabric.all_reduce(torch.tensor(len(batches), device=fabric.device), reduce_op="max").item())
@@ -354,14 +395,20 @@ def validate(fabric: L.Fabric, model: torch.nn.Module, loader: BlockLoader, eval
     return (total[0] / total[1]).item()
 
 
-def save(fabric: L.Fabric, hparams: Hyperparameters, config: Config, state: dict, train_loader) -> None:
-    gathered = [None] * fabric.world_size
-    dist.all_gather_object(gathered, train_loader.state_dict())
-    state["loaders"] = gathered
+def save(
+    fabric: L.Fabric,
+    hparams: Hyperparameters,
+    config: Config,
+    state: dict,
+    train_loader: BlockLoader,
+    fingerprint: dict[str, Fingerprint],
+) -> None:
+    state["data"] = train_loader.state_dict()  # global counters: the same on every rank
     state["rng"] = torch.get_rng_state()
     files = {
         "model_config.json": config.to_dict(),
         "hyperparameters.json": json.loads(json.dumps(vars(hparams), default=_jsonable)),
+        DATA_FINGERPRINT: {name: print_.to_dict() for name, print_ in fingerprint.items()},
     }
     copies = {"tokenizer.model": Tokenizer(hparams.tokenizer_path).path} if hparams.tokenizer_path else {}
     path = save_training_state(fabric, hparams.out_dir, state["step"], state, files, hparams.keep_checkpoints, copies)
@@ -388,8 +435,8 @@ def stage_plan(hparams: Hyperparameters, config: Config, world_size: int) -> Sta
     return plan
 
 
-def check_tokenizer(config: Config, hparams: Hyperparameters) -> None:
-    """The tokenizer fits the model, and the shards (where their manifest says) were made with it."""
+def check_tokenizer(config: Config, hparams: Hyperparameters, sources: list[ShardedBlocks]) -> None:
+    """The tokenizer fits the model, and the shards (where their index says) were made with it."""
     if hparams.tokenizer_path is None:
         return
     tokenizer = Tokenizer(hparams.tokenizer_path)
@@ -398,11 +445,53 @@ def check_tokenizer(config: Config, hparams: Hyperparameters) -> None:
             f"Tokenizer {tokenizer.path} has {tokenizer.vocab_size} tokens but model {hparams.model_name} only "
             f"{config.vocab_size}; set --model_config.vocab_size or use another tokenizer"
         )
-    digest = hashlib.sha256(tokenizer.path.read_bytes()).hexdigest()
-    directories = [source.path for source in hparams.train_data] + [hparams.val_data] * (hparams.val_data is not None)
-    for manifest in (m for directory in directories for m in Path(directory).glob("*.manifest.json")):
-        if json.loads(manifest.read_text())["settings"]["tokenizer_sha256"] != digest:
-            raise ValueError(f"{manifest} records shards made with another tokenizer than {tokenizer.path}")
+    digest = file_sha256(tokenizer.path)
+    for source in sources:
+        if source.tokenizer_digests - {digest}:
+            raise ValueError(
+                f"The index of {source.directory} records shards made with another tokenizer than {tokenizer.path}"
+            )
+
+
+def claim_out_dir(fabric: L.Fabric, hparams: Hyperparameters) -> Path | None:
+    """The checkpoint to resume from, after making sure that a new run does not mix with an old one in
+    ``out_dir``: a new run there is refused unless ``--overwrite true`` removes the old one."""
+    existing = complete_checkpoints(hparams.out_dir)
+    if hparams.resume is not False or not existing:
+        return resume_checkpoint(hparams.resume, hparams.out_dir)
+    if not hparams.overwrite:
+        raise ValueError(
+            f"{hparams.out_dir} holds another run (newest checkpoint {existing[-1].name}); continue it with "
+            "--resume auto, start the new run in another --out_dir, or delete the old run with --overwrite true"
+        )
+    fabric.barrier()
+    if fabric.global_rank == 0:
+        removed = remove_run(hparams.out_dir)
+        fabric.print(f"--overwrite: removed the previous run's {', '.join(removed)} from {hparams.out_dir}")
+    fabric.barrier()
+    return None
+
+
+def check_same_data(
+    checkpoint: Path, fingerprint: dict[str, Fingerprint], allow_change: bool, fabric: L.Fabric
+) -> None:
+    """Refuse to resume on training data other than the checkpoint's, saying what changed."""
+    path = checkpoint / DATA_FINGERPRINT
+    if not path.is_file():
+        raise FileNotFoundError(f"{checkpoint} has no {DATA_FINGERPRINT}: it was written by an older version")
+    recorded = json.loads(path.read_text())
+    if sorted(recorded) != sorted(fingerprint):
+        raise ValueError(
+            f"{checkpoint} was trained on the sources {sorted(recorded)}, this run names {sorted(fingerprint)}"
+        )
+    for name, current in fingerprint.items():
+        change = current.changes_since(Fingerprint.from_dict(recorded[name]))
+        if change is None:
+            continue
+        message = f"Training source {name!r} changed since {checkpoint}: {change}"
+        if not allow_change:
+            raise ValueError(f"{message}. Pass --allow_data_change true if this is meant.")
+        fabric.print(f"{message}; resuming anyway (--allow_data_change true)")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-import random
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -6,60 +7,146 @@ import numpy as np
 import pytest
 import torch
 
+from lit_gpt.data.index import Fingerprint, index_directory
 from lit_gpt.data.loader import ShardedBlocks, create_loader
 from lit_gpt.data.shards import write_shard
 
 BLOCK_SIZE = 7  # blocks of 8 tokens
+SECOND_SOURCE = 1_000_000  # the second dataset's tokens start here
 
 
-def make_dataset(directory: Path, blocks_per_shard: list[int], first_token: int = 0, tail: int = 0) -> list[tuple]:
-    """Shards whose blocks are all different: block b holds first_token + 8 b, ..., first_token + 8 b + 7.
-
-    Returns every block as a tuple of tokens."""
+def make_dataset(
+    directory: Path, blocks_per_shard: list[int], first_token: int = 0, tail: int = 0, index: bool = True
+) -> list[tuple]:
+    """Shards whose blocks are all different: block b holds first_token + 8 b, ..., first_token + 8 b + 7,
+    with an index unless ``index`` is false. Returns every block as a tuple of tokens."""
     directory.mkdir(parents=True)
-    token = first_token
-    for index, count in enumerate(blocks_per_shard):
-        size = count * (BLOCK_SIZE + 1) + (tail if index == len(blocks_per_shard) - 1 else 0)
-        write_shard(directory / f"train_test_0_{index:010d}.bin", np.arange(token, token + size, dtype=np.int32))
+    token, blocks = first_token, []
+    for number, count in enumerate(blocks_per_shard):
+        size = count * (BLOCK_SIZE + 1) + (tail if number == len(blocks_per_shard) - 1 else 0)
+        write_shard(directory / f"train_test_0_{number:010d}.bin", np.arange(token, token + size, dtype=np.int32))
+        blocks += [tuple(range(start, start + BLOCK_SIZE + 1)) for start in range(token, token + count * 8, 8)]
         token += size
-    tokens = np.concatenate([np.fromfile(p, dtype=np.int32, offset=24) for p in sorted(directory.glob("*.bin"))])
-    blocks = []
-    start = first_token
-    for count in blocks_per_shard:
-        for _ in range(count):
-            blocks.append(tuple(range(start, start + BLOCK_SIZE + 1)))
-            start += BLOCK_SIZE + 1
-    assert len(tokens) >= len(blocks) * (BLOCK_SIZE + 1)
+    if index:
+        index_directory(directory)
     return blocks
+
+
+def read_steps(sources, world_size: int, micro_batch_size: int, num_workers: int, steps: int, state=None, **kwargs):
+    """The blocks of each of ``steps`` optimizer steps as sorted lists (multisets), read rank by rank;
+    and the loader state after them (the same on every rank)."""
+    per_step: list[list[tuple]] = [[] for _ in range(steps)]
+    states = []
+    for rank in range(world_size):
+        loader = create_loader(
+            sources, BLOCK_SIZE, micro_batch_size, rank=rank, world_size=world_size, num_workers=num_workers, **kwargs
+        )
+        if state is not None:
+            loader.load_state_dict(state)
+        accumulation = kwargs["global_batch_size"] // (world_size * micro_batch_size)
+        batches = iter(loader)
+        for step in range(steps):
+            for _ in range(accumulation):
+                batch = next(batches)
+                assert batch.dtype == torch.int64 and batch.shape == (micro_batch_size, BLOCK_SIZE + 1)
+                per_step[step] += [tuple(row) for row in batch.tolist()]
+        states.append(loader.state_dict())
+    assert all(s == states[0] for s in states)
+    return [sorted(blocks) for blocks in per_step], states[0]
 
 
 def read_epoch(sources, world_size: int, num_workers: int, micro_batch_size: int = 3, **kwargs) -> list[tuple]:
     blocks = []
     for rank in range(world_size):
         loader = create_loader(
-            sources,
-            BLOCK_SIZE,
-            micro_batch_size,
-            rank=rank,
-            world_size=world_size,
-            num_workers=num_workers,
-            epochs=1,
-            **kwargs,
+            sources, BLOCK_SIZE, micro_batch_size, rank=rank, world_size=world_size, num_workers=num_workers, epochs=1
         )
-        for batch in loader:
-            assert batch.dtype == torch.int64 and batch.shape[1] == BLOCK_SIZE + 1
-            blocks.extend(tuple(row) for row in batch.tolist())
+        blocks += [tuple(row) for batch in loader for row in batch.tolist()]
     return blocks
 
 
-@pytest.mark.filterwarnings("ignore:.*do not fill a block")
+@pytest.fixture
+def two_sources(tmp_path):
+    make_dataset(tmp_path / "a", [50] * 6)
+    make_dataset(tmp_path / "b", [40] * 5, first_token=SECOND_SOURCE)
+    return tmp_path / "a", tmp_path / "b"
+
+
+def ramp(tokens: np.ndarray) -> np.ndarray:
+    """From all of the first source to 0.2 / 0.8 over the first 50 steps of 24 blocks."""
+    fraction = np.minimum(tokens / (50 * 24 * BLOCK_SIZE), 1.0)
+    return np.stack([1 - 0.8 * fraction, 0.8 * fraction], axis=1)
+
+
+TOPOLOGIES = [(1, 8, 0), (2, 4, 0), (2, 4, 2), (4, 2, 1), (3, 4, 0)]  # (world size, micro-batch, workers)
+
+
+@pytest.mark.parametrize("mixture", ["one source", "0.7/0.3", "ramped"])
+def test_every_step_reads_the_same_blocks_on_any_topology(two_sources, mixture):
+    sources = {"one source": [two_sources[0]], "0.7/0.3": list(two_sources), "ramped": list(two_sources)}[mixture]
+    weights = {"one source": [1.0], "0.7/0.3": [0.7, 0.3], "ramped": ramp}[mixture]
+    results = [
+        read_steps(sources, world, micro, workers, steps=30, global_batch_size=24, weights=weights, seed=5)
+        for world, micro, workers in TOPOLOGIES
+    ]
+    reference, reference_state = results[0]
+    assert len({block[0] >= SECOND_SOURCE for step in reference for block in step}) == (
+        1 if mixture == "one source" else 2
+    )
+    for (world, micro, workers), (steps, state) in zip(TOPOLOGIES, results, strict=True):
+        assert steps == reference, (world, micro, workers)
+        assert state == reference_state
+
+
+def test_a_state_resumes_on_another_topology(two_sources):
+    kwargs = dict(global_batch_size=24, weights=ramp, seed=5)
+    uninterrupted, _ = read_steps(list(two_sources), 1, 8, 0, steps=12, **kwargs)
+    first, state = read_steps(list(two_sources), 2, 4, 0, steps=5, **kwargs)
+    assert state["step"] == 5 and state["position"] == 5 * 24 and state["micro_batch"] == 0
+    for world, micro, workers in [(1, 8, 0), (4, 2, 1), (3, 4, 2)]:
+        rest, _ = read_steps(list(two_sources), world, micro, workers, steps=7, state=state, **kwargs)
+        assert first + rest == uninterrupted
+
+
 @pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_state_taken_between_micro_batches_resumes_exactly(two_sources, num_workers):
+    def make():
+        return create_loader(
+            list(two_sources), BLOCK_SIZE, 4, 24, weights=ramp, num_workers=num_workers, seed=3, rank=1, world_size=2
+        )
+
+    loader = make()
+    iterator = iter(loader)
+    for _ in range(3 * 7 + 2):  # three micro-batches per step: stop two into the eighth step
+        next(iterator)
+    state = loader.state_dict()
+    assert state["step"] == 7 and state["micro_batch"] == 2
+    uninterrupted = [next(iterator) for _ in range(20)]
+    restored = make()
+    restored.load_state_dict(state)
+    resumed = [batch for _, batch in zip(range(20), restored, strict=False)]
+    assert len(resumed) == 20 and all(torch.equal(a, b) for a, b in zip(uninterrupted, resumed, strict=True))
+
+
+@pytest.mark.filterwarnings("ignore:.*do not fill a block")
+@pytest.mark.parametrize("num_workers", [0, 1, 2, 3])
 @pytest.mark.parametrize("world_size", [1, 2, 3, 4])
 def test_every_block_is_read_exactly_once_per_epoch(tmp_path, world_size, num_workers):
-    # 7 shards of uneven sizes: divisible neither by the world size nor by the window of 3.
+    # 7 shards of uneven sizes and a short last shard: divisible neither by the world size nor by the window.
     blocks = make_dataset(tmp_path / "data", [5, 9, 3, 12, 1, 7, 4], tail=3)
-    read = read_epoch([tmp_path / "data"], world_size, num_workers, window=3)
-    assert sorted(read) == sorted(blocks)  # as multisets: none twice, none missing
+    assert sorted(read_epoch([tmp_path / "data"], world_size, num_workers)) == sorted(blocks)  # none twice or lost
+
+
+def test_each_source_of_a_mixture_is_read_once_per_epoch(tmp_path):
+    a = make_dataset(tmp_path / "a", [5, 9, 3], tail=3)
+    b = make_dataset(tmp_path / "b", [4, 2], first_token=SECOND_SOURCE)
+    steps, _ = read_steps([tmp_path / "a", tmp_path / "b"], 2, 3, 1, steps=20, global_batch_size=12, weights=[0.6, 0.4])
+    read = Counter(block for step in steps for block in step)
+    for blocks in (a, b):
+        drawn = sum(read[block] for block in blocks)
+        epochs, rest = divmod(drawn, len(blocks))
+        assert epochs >= 2  # several epochs of each source were read
+        assert sorted(read[block] for block in blocks) == [epochs] * (len(blocks) - rest) + [epochs + 1] * rest
 
 
 def test_pending_tokens_of_an_unfinished_preparation_are_not_read(tmp_path):
@@ -68,13 +155,13 @@ def test_pending_tokens_of_an_unfinished_preparation_are_not_read(tmp_path):
     assert sorted(read_epoch([tmp_path / "data"], world_size=1, num_workers=0)) == sorted(blocks)
 
 
-def test_a_validation_set_smaller_than_world_size_times_window_works(tmp_path):
+def test_a_validation_set_smaller_than_the_world_size_works(tmp_path):
     blocks = make_dataset(tmp_path / "val", [2, 1])
-    assert sorted(read_epoch([tmp_path / "val"], world_size=4, num_workers=2, window=8)) == sorted(blocks)
+    assert sorted(read_epoch([tmp_path / "val"], world_size=4, num_workers=2)) == sorted(blocks)
 
 
 def test_blocks_are_shuffled_seeded_and_reshuffled_each_epoch(tmp_path):
-    blocks = make_dataset(tmp_path / "data", [20, 20, 20, 20])
+    make_dataset(tmp_path / "data", [20, 20, 20, 20])
     source = ShardedBlocks(tmp_path / "data", BLOCK_SIZE, seed=1, window=2)
     epoch0 = [source.locate(p) for p in range(80)]
     epoch1 = [source.locate(p) for p in range(80, 160)]
@@ -85,63 +172,129 @@ def test_blocks_are_shuffled_seeded_and_reshuffled_each_epoch(tmp_path):
     assert [ShardedBlocks(tmp_path / "data", BLOCK_SIZE, seed=2, window=2).locate(p) for p in range(80)] != epoch0
     # Shuffling is inside windows of 2 shards: the first 40 positions come from two shards only.
     assert len({shard for shard, _ in epoch0[:40]}) == 2
-    assert len(blocks) == 80
 
 
 def source_of(batch: torch.Tensor) -> list[int]:
-    return (batch[:, 0] >= 1_000_000).long().tolist()  # the second dataset's tokens start at 1,000,000
-
-
-@pytest.fixture
-def two_sources(tmp_path):
-    make_dataset(tmp_path / "a", [50] * 6)
-    make_dataset(tmp_path / "b", [40] * 5, first_token=1_000_000)
-    return tmp_path / "a", tmp_path / "b"
-
-
-@pytest.mark.parametrize("num_workers", [0, 2])
-def test_resume_from_a_state_gives_the_same_next_batches(two_sources, num_workers):
-    a, b = two_sources
-
-    def ramp(tokens: int) -> list[float]:
-        return [max(0.0, 1 - tokens / 5000), min(1.0, 0.2 + tokens / 5000)]
-
-    def make():
-        return create_loader([a, b], BLOCK_SIZE, 4, weights=ramp, num_workers=num_workers, seed=3, rank=1, world_size=2)
-
-    stop = random.Random(7).randrange(50, 300)
-    loader = make()
-    iterator = iter(loader)
-    for _ in range(stop):
-        next(iterator)
-    state = loader.state_dict()
-    uninterrupted = [next(iterator) for _ in range(100)]
-
-    restored = make()
-    restored.load_state_dict(state)
-    resumed = [batch for _, batch in zip(range(100), restored, strict=False)]
-    assert len(resumed) == 100
-    for expected, actual in zip(uninterrupted, resumed, strict=True):
-        assert torch.equal(expected, actual)
+    return (batch[:, 0] >= SECOND_SOURCE).long().tolist()
 
 
 def test_mixture_follows_the_weights(two_sources):
     loader = create_loader([(two_sources[0], 0.693584), (two_sources[1], 0.306416)], BLOCK_SIZE, 10)
-    counts = Counter()
-    for _, batch in zip(range(1000), loader, strict=False):
-        counts.update(source_of(batch))
+    counts = Counter(s for _, batch in zip(range(1000), loader, strict=False) for s in source_of(batch))
     assert sum(counts.values()) == 10_000
     assert abs(counts[0] / 10_000 - 0.693584) < 0.01
 
 
 def test_a_ramp_moves_the_mixture_with_tokens(two_sources):
     ramp_tokens = 10_000 * BLOCK_SIZE  # the whole ramp spans the first 10,000 blocks
-    ramp = lambda tokens: [1 - min(tokens / ramp_tokens, 1.0), min(tokens / ramp_tokens, 1.0)]  # noqa: E731
-    loader = create_loader(list(two_sources), BLOCK_SIZE, 10, weights=ramp)
+
+    def weights(tokens: np.ndarray) -> np.ndarray:
+        fraction = np.minimum(tokens / ramp_tokens, 1.0)
+        return np.stack([1 - fraction, fraction], axis=1)
+
+    loader = create_loader(list(two_sources), BLOCK_SIZE, 10, weights=weights)
     drawn = [s for _, batch in zip(range(1500), loader, strict=False) for s in source_of(batch)]
     for start, expected in [(0, 0.05), (4500, 0.5), (9000, 0.95), (11000, 1.0)]:
         window = drawn[start : start + 1000]
         assert abs(sum(window) / 1000 - expected) < 0.04, (start, sum(window))
+
+
+def test_state_at_counts_the_draws_of_every_earlier_position(two_sources):
+    kwargs = dict(global_batch_size=24, weights=ramp, seed=5)
+    _, state = read_steps(list(two_sources), 2, 4, 0, steps=9, **kwargs)
+    loader = create_loader(list(two_sources), BLOCK_SIZE, 4, **kwargs)
+    assert loader.state_at(9, 9 * 24) == state
+
+
+COUNT_OPENS = """
+import sys, warnings
+from pathlib import Path
+from lit_gpt.data.loader import ShardedBlocks
+directory = sys.argv[1]
+opened = []
+def count(event, args):
+    if event == "open" and str(args[0]).startswith(directory):
+        opened.append(args[0])
+sys.addaudithook(count)
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    source = ShardedBlocks(Path(directory), 7)
+print(len(opened), source.num_blocks, len(caught), *[str(w.message) for w in caught])
+"""
+
+
+def test_an_index_makes_the_start_read_a_handful_of_files(tmp_path):
+    directory = tmp_path / "many"
+    directory.mkdir()
+    for number in range(5000):
+        write_shard(
+            directory / f"train_many_0_{number:010d}.bin", np.full(16 + 8 * (number % 2), number, dtype=np.uint16)
+        )
+
+    def start() -> list[str]:
+        command = [sys.executable, "-c", COUNT_OPENS, str(directory)]
+        return subprocess.run(command, capture_output=True, text=True, check=True).stdout.split(maxsplit=3)
+
+    opened, blocks, warned, message = start()
+    assert int(opened) == 5000 and int(blocks) == 12500 and int(warned) == 1
+    assert "5,000 of 5,000 shards are not in an index" in message and "index_shards.py" in message
+    index_directory(directory)
+    assert start()[:3] == ["1", "12500", "0"]  # index.json only
+
+
+def test_an_index_and_the_headers_give_the_same_source(tmp_path):
+    make_dataset(tmp_path / "plain", [3, 5, 2], tail=2, index=False)
+    make_dataset(tmp_path / "indexed", [3, 5, 2], tail=2)
+    with pytest.warns(UserWarning):
+        plain = ShardedBlocks(tmp_path / "plain", BLOCK_SIZE)
+    indexed = ShardedBlocks(tmp_path / "indexed", BLOCK_SIZE)
+    assert plain.fingerprint().digest == indexed.fingerprint().digest
+    assert [plain.locate(k) for k in range(30)] == [indexed.locate(k) for k in range(30)]
+
+
+def test_token_ids_outside_the_vocabulary_are_refused_naming_the_shard(tmp_path):
+    make_dataset(tmp_path / "data", [3, 3])  # ids up to 47
+    with pytest.raises(
+        ValueError, match="train_test_0_0000000001.bin: token id 47 is outside the model's vocab.* of 40"
+    ):
+        ShardedBlocks(tmp_path / "data", BLOCK_SIZE, vocab_size=40)
+    ShardedBlocks(tmp_path / "data", BLOCK_SIZE, vocab_size=48)
+    make_dataset(tmp_path / "unindexed", [3, 3], index=False)  # only found when the shard is opened
+    with pytest.warns(UserWarning, match="not in an index"):
+        loader = create_loader([tmp_path / "unindexed"], BLOCK_SIZE, 6, vocab_size=40)
+    with pytest.raises(ValueError, match="token id 47 is outside the model's vocabulary of 40"):
+        next(iter(loader))
+
+
+def test_a_stale_index_or_a_changed_shard_is_refused(tmp_path):
+    make_dataset(tmp_path / "data", [3, 3])
+    (tmp_path / "data" / "train_test_0_0000000001.bin").unlink()
+    with pytest.raises(ValueError, match="the index lists 1 shard.* not there .*train_test_0_0000000001.bin"):
+        ShardedBlocks(tmp_path / "data", BLOCK_SIZE)
+    write_shard(tmp_path / "data" / "train_test_0_0000000001.bin", np.arange(16, dtype=np.int32))
+    loader = create_loader([tmp_path / "data"], BLOCK_SIZE, 6)
+    with pytest.raises(ValueError, match="16 tokens of int32, but the index says 24 .* changed after it was indexed"):
+        next(iter(loader))
+
+
+def test_a_name_prefix_selects_one_source_of_a_shared_directory(tmp_path):
+    make_dataset(tmp_path / "mixed", [2, 2])
+    write_shard(tmp_path / "mixed" / "valid_test_0_0000000000.bin", np.arange(10**6, 10**6 + 24, dtype=np.int32))
+    index_directory(tmp_path / "mixed")
+    train = ShardedBlocks(tmp_path / "mixed", BLOCK_SIZE, prefix="train_")
+    valid = ShardedBlocks(tmp_path / "mixed", BLOCK_SIZE, prefix="valid_")
+    assert (train.num_blocks, valid.num_blocks) == (4, 3)
+    with pytest.raises(FileNotFoundError, match="holds no test_\\*.bin shards"):
+        ShardedBlocks(tmp_path / "mixed", BLOCK_SIZE, prefix="test_")
+
+
+def test_fingerprint_names_what_changed():
+    old = Fingerprint(["a.bin", "b.bin", "c.bin"], [10, 20, 30])
+    assert old.changes_since(Fingerprint(["a.bin", "b.bin", "c.bin"], [10, 20, 30])) is None
+    new = Fingerprint(["a.bin", "c.bin", "d.bin"], [10, 31, 5])
+    assert new.changes_since(old) == (
+        "1 shard(s) added (e.g. d.bin); 1 shard(s) removed (e.g. b.bin); 1 shard(s) resized (e.g. c.bin)"
+    )
 
 
 def test_clear_errors_for_unusable_directories(tmp_path):
@@ -154,8 +307,12 @@ def test_clear_errors_for_unusable_directories(tmp_path):
     write_shard(tmp_path / "small" / "x.bin", np.arange(5, dtype=np.uint16))
     with pytest.raises(ValueError, match="No shard in .* holds a whole block of 8 tokens"):
         ShardedBlocks(tmp_path / "small", BLOCK_SIZE)
+    (tmp_path / "small" / "index.json").write_text('{"version": 1, "names": []}')
+    with pytest.raises(ValueError, match="index.json: not a usable shard index"):
+        ShardedBlocks(tmp_path / "small", BLOCK_SIZE)
 
 
+@pytest.mark.filterwarnings("ignore:.*not in an index")
 def test_shards_of_a_non_integer_dtype_are_refused(tmp_path):
     (tmp_path / "floats").mkdir()
     write_shard(tmp_path / "floats" / "x.bin", np.arange(64, dtype=np.float32))
@@ -169,6 +326,8 @@ def test_unreadable_tail_tokens_are_reported(tmp_path):
         ShardedBlocks(tmp_path / "data", BLOCK_SIZE)
 
 
-def test_bad_weights_are_refused(two_sources):
+def test_bad_weights_and_batch_sizes_are_refused(two_sources):
     with pytest.raises(ValueError, match="must be 2 non-negative numbers with a positive sum, got \\[0.0, 0.0\\]"):
         create_loader([(two_sources[0], 0), (two_sources[1], 0)], BLOCK_SIZE, 2)
+    with pytest.raises(ValueError, match="global batch size 10 is not a positive multiple of world size 2 x micro"):
+        create_loader(list(two_sources), BLOCK_SIZE, 4, global_batch_size=10, world_size=2)

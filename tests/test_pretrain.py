@@ -6,6 +6,7 @@ import math
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -17,6 +18,7 @@ import torch
 
 from lit_gpt import GPT, Config
 from lit_gpt.checkpoint import load_model_weights
+from lit_gpt.data.index import index_directory
 from lit_gpt.data.shards import write_shard
 from lit_gpt.schedule import Stage
 
@@ -35,6 +37,7 @@ def data(tmp_path) -> Path:
         for i in range(shards):
             tokens = rng.integers(0, 4096, 33 * 64, dtype=np.uint16)
             write_shard(tmp_path / name / f"train_{name}_0_{i:010d}.bin", tokens)
+        index_directory(tmp_path / name, tokenizer_path=DEMO_TOKENIZER)
     return tmp_path
 
 
@@ -97,28 +100,41 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_give_the_losses_of_one_with_full_or_hybrid_sharding(data, tmp_path):
-    single_data = data / "a"  # one source: both runs then see the same blocks in each global batch
+def torchrun(processes: int) -> list[str]:
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes)]
+    return [*launcher, "--master_port", str(free_port())]
 
-    def args(out: Path, devices: str) -> list[str]:  # the whole validation set, whatever the world size
-        one_source = f"[{{name: a, path: {single_data}}}]"
-        return train_args(
-            data, out, "--max_steps", "5", "--devices", devices, "--train_data", one_source, "--eval_iters", "100"
-        )
 
-    run(args(tmp_path / "one", "1"))
+def assert_same_losses(expected: dict[int, str], actual: dict[int, str], steps: list[int], what: str) -> None:
+    for step in steps:
+        assert abs(float(expected[step]) - float(actual[step])) <= 1e-5, (what, step, expected[step], actual[step])
+
+
+def test_any_number_of_processes_trains_on_the_same_data_and_resumes_on_another(data, tmp_path):
+    """With the 0.7/0.3 mixture: 2 processes (full or hybrid sharding) give the losses of 1, and a checkpoint
+    written by 2 processes resumes on 1 and on 4 with the losses of the uninterrupted run."""
+
+    def args(out: Path, devices: int, *extra: str) -> list[str]:  # the whole validation set, whatever the world
+        return train_args(data, out, "--max_steps", "6", "--devices", str(devices), "--eval_iters", "100", *extra)
+
+    run(args(tmp_path / "one", 1))
     one = metrics(tmp_path / "one", "train_loss")
-    assert sorted(one) == [1, 2, 3, 4, 5]
-    for name, extra in (("two", []), ("hybrid", ["--hybrid_sharding", "true"])):
-        torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-        run(args(tmp_path / name, "2") + extra, launcher=[*torchrun, "--master_port", str(free_port())])
-        two = metrics(tmp_path / name, "train_loss")
-        assert sorted(two) == sorted(one)
-        for step in one:
-            assert abs(float(one[step]) - float(two[step])) <= 1e-5, (name, step, one[step], two[step])
-        val_one, val_two = metrics(tmp_path / "one", "val_loss"), metrics(tmp_path / name, "val_loss")
-        assert abs(float(val_one[5]) - float(val_two[5])) <= 1e-5
-        assert sorted(p.name for p in (tmp_path / name).glob("step-*")) == ["step-00000005"]
+    assert sorted(one) == [1, 2, 3, 4, 5, 6]
+    for name, extra in (("two", ["--save_interval", "3"]), ("hybrid", ["--hybrid_sharding", "true"])):
+        run(args(tmp_path / name, 2, *extra), launcher=torchrun(2))
+        assert sorted(metrics(tmp_path / name, "train_loss")) == sorted(one)
+        assert_same_losses(one, metrics(tmp_path / name, "train_loss"), list(one), name)
+        assert_same_losses(metrics(tmp_path / "one", "val_loss"), metrics(tmp_path / name, "val_loss"), [4, 6], name)
+    assert sorted(p.name for p in (tmp_path / "two").glob("step-*")) == ["step-00000003", "step-00000006"]
+
+    for devices in (1, 4):
+        out = tmp_path / f"resumed_on_{devices}"
+        launcher = torchrun(devices) if devices > 1 else None
+        result = run(args(out, devices, "--resume", str(tmp_path / "two" / "step-00000003")), launcher=launcher)
+        assert "Resumed from" in result.stdout and "at step 3" in result.stdout
+        resumed = metrics(out, "train_loss")
+        assert sorted(resumed) == [4, 5, 6]
+        assert_same_losses(one, resumed, [4, 5, 6], f"resumed on {devices}")
 
 
 def test_resume_after_kill_9_mid_checkpoint_is_bitwise_exact(data, tmp_path):
@@ -194,10 +210,10 @@ def test_missing_data_directory_is_a_clear_startup_error(data, tmp_path):
 
 
 def test_shards_of_another_tokenizer_are_refused(data, tmp_path):
-    (data / "a" / "train_a_0.manifest.json").write_text('{"settings": {"tokenizer_sha256": "0123"}}')
+    index_directory(data / "a", tokenizer_path=REPO_ROOT / "README.md")  # any other file stands for another tokenizer
     result = run(train_args(data, tmp_path / "out", "--max_steps", "2"), check=False)
     assert result.returncode != 0
-    assert f"{data / 'a' / 'train_a_0.manifest.json'} records shards made with another tokenizer" in result.stderr
+    assert f"The index of {data / 'a'} records shards made with another tokenizer" in result.stderr
 
 
 def test_startup_checks():
@@ -356,3 +372,73 @@ def test_compiled_blocks_train_like_eager_ones(data, tmp_path):
     eager, compiled = metrics(tmp_path / "eager", "train_loss"), metrics(tmp_path / "compiled", "train_loss")
     assert sorted(eager) == sorted(compiled) == [1, 2, 3]
     assert all(abs(float(eager[s]) - float(compiled[s])) < 1e-4 for s in eager)
+
+
+def test_resuming_on_changed_data_is_refused_unless_allowed(data, tmp_path):
+    out = tmp_path / "out"
+    run(train_args(data, out, "--max_steps", "2", "--save_interval", "2"))
+    write_shard(data / "a" / "train_a_0_0000000099.bin", np.arange(33 * 8, dtype=np.uint16))
+    index_directory(data / "a", tokenizer_path=DEMO_TOKENIZER)
+    result = run(train_args(data, out, "--max_steps", "4"), check=False)
+    assert result.returncode != 0
+    assert "Training source 'a' changed since" in result.stderr
+    assert (
+        "1 shard(s) added (e.g. train_a_0_0000000099.bin)" in result.stderr and "--allow_data_change" in result.stderr
+    )
+    result = run(train_args(data, out, "--max_steps", "4", "--allow_data_change", "true"))
+    assert "resuming anyway" in result.stdout and sorted(metrics(out, "train_loss")) == [1, 2, 3, 4]
+
+
+def test_a_run_directory_belongs_to_one_run(data, tmp_path):
+    out = tmp_path / "out"
+    run(train_args(data, out, "--max_steps", "4", "--save_interval", "2"))
+    before = sorted(p.name for p in out.glob("step-*"))
+    assert before == ["step-00000002", "step-00000004"]
+    result = run(train_args(data, out, "--max_steps", "2", "--resume", "false"), check=False)
+    assert result.returncode != 0
+    assert f"{out} holds another run (newest checkpoint step-00000004)" in result.stderr
+    assert "--resume auto" in result.stderr and "--overwrite true" in result.stderr
+    assert sorted(p.name for p in out.glob("step-*")) == before  # nothing touched
+
+    result = run(train_args(data, out, "--max_steps", "4"))  # resume auto on a finished run
+    assert "is finished: step 4 of 4" in result.stdout and "raise --max_steps" in result.stdout
+
+    result = run(train_args(data, out, "--max_steps", "1", "--resume", "false", "--overwrite", "true"))
+    assert "removed the previous run's metrics.csv, step-00000002, step-00000004" in result.stdout
+    assert sorted(p.name for p in out.glob("step-*")) == ["step-00000001"]
+    assert sorted(metrics(out, "train_loss")) == [1]
+
+
+def test_token_ids_outside_the_vocabulary_are_refused_at_startup(data, tmp_path):
+    write_shard(data / "b" / "train_b_0_0000000007.bin", np.full(33, 5000, dtype=np.uint16))
+    index_directory(data / "b", tokenizer_path=DEMO_TOKENIZER)
+    result = run(train_args(data, tmp_path / "out", "--max_steps", "1"), check=False)
+    assert result.returncode != 0
+    assert "train_b_0_0000000007.bin: token id 5000 is outside the model's vocabulary of 4096" in result.stderr
+
+
+def write_original_shard(path: Path, tokens: np.ndarray, chunk_size: int) -> None:
+    """A shard as the original TinyLlama PackedDatasetBuilder writes it: always chunk_size tokens, padded."""
+    padded = np.zeros(chunk_size, dtype=np.uint16)
+    padded[: len(tokens)] = tokens
+    path.write_bytes(b"LITPKDS" + struct.pack("<QBQ", 1, 8, chunk_size) + padded.tobytes())
+
+
+def test_a_directory_made_by_the_original_scripts_trains_through_name_prefixes(tmp_path):
+    original = tmp_path / "original"  # every split and source in one folder, told apart by name prefix
+    original.mkdir()
+    rng = np.random.default_rng(1)
+    for prefix, files in (("train_slimpajama", 3), ("train_starcoder", 2), ("valid_slimpajama", 1)):
+        for i in range(files):
+            write_original_shard(original / f"{prefix}_{i:010d}.bin", rng.integers(0, 4096, 33 * 40), 33 * 40)
+    command = [sys.executable, str(REPO_ROOT / "scripts" / "index_shards.py"), "--directory", str(original)]
+    assert "Indexed 6 shards" in subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    train_data = (
+        f"[{{name: slimpajama, path: {original}, prefix: train_slimpajama, weight: 0.7}}, "
+        f"{{name: starcoder, path: {original}, prefix: train_starcoder, weight: 0.3}}]"
+    )
+    args = ["--train_data", train_data, "--val_data", str(original), "--val_prefix", "valid_", "--max_steps", "4"]
+    result = run(train_args(tmp_path, tmp_path / "out", *args))
+    assert "not in an index" not in result.stderr
+    assert sorted(metrics(tmp_path / "out", "train_loss")) == [1, 2, 3, 4]
+    assert sorted(metrics(tmp_path / "out", "val_loss")) == [4]

@@ -1,27 +1,24 @@
 """The training loader: blocks of ``block_size + 1`` tokens from packed shards, mixed, sharded, resumable.
 
-Order. A dataset directory's blocks are enumerated shard by shard. Each epoch shuffles the shard order,
-groups the shards into windows of ``window`` shards and permutes the blocks inside each window (all
-seeded by ``(seed, epoch)``), which gives one permutation of all blocks per epoch; the epochs follow
-one another into an endless stream of positions.
+One order for every topology. The data of a run is one global stream of positions 0, 1, 2, ...
+Position p reads from the source drawn with the mixture weights at ``p x block_size`` tokens, a pure
+function of ``(seed, p)`` (:class:`MixtureDraws`); a source's k-th drawn position reads block k of that
+source's order (:class:`ShardedBlocks`: each epoch one seeded permutation of all its blocks, so every
+block is read exactly once per epoch). Optimizer step s takes the next ``global_batch_size(s)``
+positions; rank r of W takes the r-th W-th of them, cut into micro-batches, and DataLoader workers
+take turns with a rank's micro-batches. The blocks of every step therefore depend on the data, the
+seed and the batch schedule only, not on world size, micro-batch size or worker count.
 
-Sharding. Each (rank, DataLoader worker) pair is a *consumer*; consumer ``c`` of ``C`` takes positions
-``c, c + C, c + 2C, ...`` of that stream. Every block of an epoch is therefore read by exactly one
-consumer, exactly once, whatever the world size, worker count or shard count.
-
-Mixing. For its k-th block a consumer draws a source with the weights ``weights(tokens)``, where
-``tokens = k * C * block_size`` is the number of training tokens all consumers together have drawn
-before it (they advance in lockstep), so a mixture can change with training progress. The draw is a
-pure function of ``(seed, consumer, k)``.
-
-Resuming. A consumer's whole state is k and how many blocks it took from each source; a position maps
-to a block through one permutation, so restoring any state costs O(1) (no replay).
+Resuming. The loader's state is four global counters -- step, position, blocks taken per source, and
+micro-batches of the current step already consumed (0 at every step boundary) -- the same on every
+rank, so a checkpoint resumes in O(1) on any number of ranks.
 """
 
 from __future__ import annotations
 
 import bisect
 import functools
+import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -30,46 +27,113 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from lit_gpt.data.shards import read_header, read_shard
+from lit_gpt.data.index import (
+    Fingerprint,
+    ShardTable,
+    header_table,
+    is_index_file,
+    read_directory_index,
+    shard_names,
+)
+from lit_gpt.data.shards import read_shard
 
-Weights = Sequence[float] | Callable[[int], Sequence[float]]
-DRAWS_PER_SEED = 4096
+# Mixture weights: one weight per source, or a function from an array of token counts (n,) to the
+# weights at each of them (n, sources), for stages whose mixture ramps in.
+Weights = Sequence[float] | Callable[[np.ndarray], np.ndarray]
+BatchSchedule = int | Callable[[int], int]
+DRAWS_PER_CHUNK = 4096
 
 
 class ShardedBlocks:
-    """The blocks of one dataset directory and their shuffled order in each epoch."""
+    """The blocks of one data source -- a directory's shards, or those whose names start with ``prefix``
+    -- and their shuffled order in each epoch.
 
-    def __init__(self, directory: Path, block_size: int, seed: int = 42, window: int = 8) -> None:
-        directory = Path(directory)
-        if not directory.is_dir():
-            raise FileNotFoundError(f"Dataset directory {directory} does not exist")
-        # Hidden files are a preparation job's pending tokens, not shards.
-        self.paths = sorted(p for p in directory.glob("*.bin") if not p.name.startswith("."))
-        if not self.paths:
-            raise FileNotFoundError(f"Dataset directory {directory} holds no .bin shards")
+    Start-up reads one directory listing and the directory's index files; a shard is opened when a
+    block is first read from it. Shards missing from the index are read by header (with a warning).
+    With ``vocab_size``, a shard holding a larger token id is refused (from the index at start-up, or
+    when an unindexed shard is opened).
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        block_size: int,
+        seed: int = 42,
+        window: int = 8,
+        prefix: str = "",
+        vocab_size: int | None = None,
+    ) -> None:
+        self.directory, self.prefix, self.vocab_size = Path(directory), prefix, vocab_size
         self.block_tokens, self.seed, self.window = block_size + 1, seed, window
-        headers = [read_header(path) for path in self.paths]
-        for path, (dtype, _) in zip(self.paths, headers, strict=True):
-            if dtype.kind not in "iu" or dtype != headers[0][0]:
-                expected = headers[0][0]
-                raise ValueError(f"{path}: tokens of dtype {dtype}; a dataset needs one integer dtype ({expected})")
-        self.counts = np.array([count for _, count in headers])
+        if not self.directory.is_dir():
+            raise FileNotFoundError(f"Dataset directory {self.directory} does not exist")
+        table = self._read_table()
+        self.names, self.counts, self.max_ids = table.names, table.tokens, table.max_ids
+        self.dtype = np.dtype(table.dtypes[0])
+        for name, dtype in zip(table.names, table.dtypes, strict=True):
+            if np.dtype(dtype).kind not in "iu" or dtype != table.dtypes[0]:
+                raise ValueError(
+                    f"{self.directory / name}: tokens of dtype {dtype}; a dataset needs one integer dtype "
+                    f"({table.dtypes[0]})"
+                )
+        if vocab_size is not None:
+            outside = np.flatnonzero(self.max_ids >= vocab_size)
+            if outside.size:
+                first = outside[0]
+                raise ValueError(
+                    f"{self.directory / self.names[first]}: token id {self.max_ids[first]} is outside the model's "
+                    f"vocabulary of {vocab_size} ({outside.size} shard(s) of {self.directory} are); were these "
+                    "shards made with another tokenizer?"
+                )
         self.blocks_per_shard = self.counts // self.block_tokens
         self.num_blocks = int(self.blocks_per_shard.sum())
         if self.num_blocks == 0:
-            raise ValueError(f"No shard in {directory} holds a whole block of {self.block_tokens} tokens")
+            raise ValueError(f"No shard in {self.directory} holds a whole block of {self.block_tokens} tokens")
         unused = int((self.counts % self.block_tokens).sum())
         if unused:
             warnings.warn(
-                f"{directory}: {unused:,} tokens at shard ends do not fill a block of {self.block_tokens} "
+                f"{self.directory}: {unused:,} tokens at shard ends do not fill a block of {self.block_tokens} "
                 f"tokens and are not read ({unused / self.counts.sum():.4%} of the data)",
                 stacklevel=2,
             )
         self._make_caches()
 
+    def _read_table(self) -> ShardTable:
+        """The source's shards in name order, from the index where it has them, else from their headers."""
+        listing = [entry.name for entry in os.scandir(self.directory)]
+        shards = shard_names(listing, self.prefix)
+        if not shards:
+            named = f" {self.prefix}*.bin" if self.prefix else " .bin"
+            raise FileNotFoundError(f"Dataset directory {self.directory} holds no{named} shards")
+        indexed, self.tokenizer_digests = read_directory_index(
+            self.directory, [n for n in listing if is_index_file(n)], self.prefix
+        )
+        present = set(shards)
+        stale = [name for name in indexed.names if name not in present]
+        if stale:
+            raise ValueError(
+                f"{self.directory}: the index lists {len(stale):,} shard(s) that are not there (e.g. {stale[0]}); "
+                f"rebuild it with: python scripts/index_shards.py {self.directory}"
+            )
+        rows = {name: i for i, name in enumerate(indexed.names)}
+        unindexed = [name for name in shards if name not in rows]
+        if unindexed:
+            warnings.warn(
+                f"{self.directory}: {len(unindexed):,} of {len(shards):,} shards are not in an index, so their "
+                f"headers are read at every start; `python scripts/index_shards.py {self.directory}` makes the "
+                "start instant",
+                stacklevel=3,
+            )
+            rows.update({name: len(indexed) + i for i, name in enumerate(unindexed)})
+            indexed = ShardTable.concatenate([indexed, header_table(self.directory, unindexed)])
+        return indexed.take([rows[name] for name in shards])
+
+    def fingerprint(self) -> Fingerprint:
+        return Fingerprint(list(self.names), self.counts.tolist())
+
     def _make_caches(self) -> None:
         """Open shards and recent permutations, kept per object (and rebuilt in a spawned worker)."""
-        self._open = functools.lru_cache(maxsize=2 * self.window)(read_shard)
+        self._open = functools.lru_cache(maxsize=2 * self.window)(self._open_shard)
         self._epoch_layout = functools.lru_cache(maxsize=2)(self._compute_epoch_layout)
         self._window = functools.lru_cache(maxsize=4)(self._compute_window)
 
@@ -80,9 +144,27 @@ class ShardedBlocks:
         self.__dict__.update(state)
         self._make_caches()
 
+    def _open_shard(self, shard: int) -> np.ndarray:
+        path = self.directory / self.names[shard]
+        tokens = read_shard(path)
+        if len(tokens) != self.counts[shard] or tokens.dtype != self.dtype:
+            raise ValueError(
+                f"{path}: {len(tokens)} tokens of {tokens.dtype}, but the index says {self.counts[shard]} of "
+                f"{self.dtype}; the shard changed after it was indexed (python scripts/index_shards.py "
+                f"{self.directory})"
+            )
+        if self.vocab_size is not None and self.max_ids[shard] < 0 and len(tokens):
+            largest = int(tokens.max())
+            if largest >= self.vocab_size:
+                raise ValueError(
+                    f"{path}: token id {largest} is outside the model's vocabulary of {self.vocab_size}; "
+                    "were these shards made with another tokenizer?"
+                )
+        return tokens
+
     def _compute_epoch_layout(self, epoch: int) -> tuple[np.ndarray, list[int]]:
         """Shard order and cumulative block counts of the windows, for one epoch."""
-        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.paths))
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.names))
         window_blocks = np.add.reduceat(self.blocks_per_shard[order], np.arange(0, len(order), self.window))
         return order, [0, *np.cumsum(window_blocks).tolist()]
 
@@ -94,9 +176,9 @@ class ShardedBlocks:
         permutation = np.random.default_rng([self.seed, epoch, window]).permutation(cumulative[-1])
         return shards.tolist(), cumulative, permutation.tolist()
 
-    def locate(self, position: int) -> tuple[int, int]:
-        """(shard index, block index inside the shard) of a position in the endless stream."""
-        epoch, offset = divmod(position, self.num_blocks)
+    def locate(self, k: int) -> tuple[int, int]:
+        """(shard index, block index inside the shard) of the source's k-th block, over endless epochs."""
+        epoch, offset = divmod(k, self.num_blocks)
         _, starts = self._epoch_layout(epoch)
         window = bisect.bisect_right(starts, offset) - 1
         shards, cumulative, permutation = self._window(epoch, window)
@@ -104,17 +186,91 @@ class ShardedBlocks:
         slot = bisect.bisect_right(cumulative, index) - 1
         return shards[slot], index - cumulative[slot]
 
-    def read(self, position: int, out: np.ndarray) -> None:
-        shard, block = self.locate(position)
+    def read(self, k: int, out: np.ndarray) -> None:
+        shard, block = self.locate(k)
         start = block * self.block_tokens
-        out[:] = self._open(self.paths[shard])[start : start + self.block_tokens]
+        out[:] = self._open(shard)[start : start + self.block_tokens]
+
+
+class MixtureDraws:
+    """The source that each position of the global stream reads: a pure function of ``(seed, position)``.
+
+    Positions are drawn in chunks of 4,096 (one seeded generator per chunk), so any position is reached
+    without drawing the ones before it, and counting the draws of a range is vectorised.
+    """
+
+    def __init__(self, weights: Weights, num_sources: int, block_size: int, seed: int) -> None:
+        self.weights, self.num_sources, self.block_size, self.seed = weights, num_sources, block_size, seed
+        self._chunk = functools.lru_cache(maxsize=4)(self._compute_chunk)
+        self.weights_at(np.zeros(1, dtype=np.int64))  # refuse bad weights at once
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_chunk"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._chunk = functools.lru_cache(maxsize=4)(self._compute_chunk)
+
+    def weights_at(self, tokens: np.ndarray) -> np.ndarray:
+        """The mixture weights after each of ``tokens`` training tokens, one row per entry, checked."""
+        if callable(self.weights):
+            weights = np.asarray(self.weights(tokens), dtype=np.float64)
+        else:
+            weights = np.broadcast_to(np.asarray(self.weights, dtype=np.float64), (len(tokens), len(self.weights)))
+        if weights.shape != (len(tokens), self.num_sources):
+            raise ValueError(f"Mixture weights must have one entry per source ({self.num_sources}), got {weights[0]}")
+        bad = (weights < 0).any(axis=1) | (weights.sum(axis=1) <= 0)
+        if bad.any():
+            first = int(np.argmax(bad))
+            raise ValueError(
+                f"Mixture weights at {int(tokens[first]):,} tokens must be {self.num_sources} non-negative numbers "
+                f"with a positive sum, got {weights[first].tolist()}"
+            )
+        return weights
+
+    def _compute_chunk(self, chunk: int) -> np.ndarray:
+        if self.num_sources == 1:
+            return np.zeros(DRAWS_PER_CHUNK, dtype=np.int64)
+        positions = chunk * DRAWS_PER_CHUNK + np.arange(DRAWS_PER_CHUNK, dtype=np.int64)
+        weights = self.weights_at(positions * self.block_size)
+        cumulative = np.cumsum(weights / weights.sum(axis=1, keepdims=True), axis=1)
+        uniforms = np.random.default_rng([self.seed, chunk]).random(DRAWS_PER_CHUNK)
+        drawn = (cumulative <= uniforms[:, None]).sum(axis=1)
+        return np.minimum(drawn, self.num_sources - 1)
+
+    def sources(self, start: int, stop: int) -> np.ndarray:
+        """The source index of each position in ``[start, stop)``."""
+        pieces = []
+        for chunk in range(start // DRAWS_PER_CHUNK, (stop - 1) // DRAWS_PER_CHUNK + 1 if stop > start else 0):
+            first = chunk * DRAWS_PER_CHUNK
+            pieces.append(self._chunk(chunk)[max(start - first, 0) : stop - first])
+        return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)
+
+    def counts(self, start: int, stop: int, progress: Callable[[int], None] | None = None) -> np.ndarray:
+        """How many positions of ``[start, stop)`` each source drew; ``progress`` hears of each chunk."""
+        counts = np.zeros(self.num_sources, dtype=np.int64)
+        if self.num_sources == 1:
+            counts[0] = max(stop - start, 0)
+            return counts
+        for begin in range(start, stop, DRAWS_PER_CHUNK):
+            end = min((begin // DRAWS_PER_CHUNK + 1) * DRAWS_PER_CHUNK, stop)
+            counts += np.bincount(self.sources(begin, end), minlength=self.num_sources)
+            if progress is not None:
+                progress(end - begin)
+        return counts
+
+
+def initial_state(num_sources: int) -> dict:
+    return {"step": 0, "position": 0, "taken": [0] * num_sources, "micro_batch": 0}
 
 
 class MixedBlockDataset(IterableDataset):
-    """Batches (micro_batch_size, block_size + 1) of int64 for one rank, each with its consumer's state.
+    """One rank's micro-batches (micro_batch_size, block_size + 1) of int64, each with the loader state
+    after it.
 
-    ``epochs`` limits the stream to that many passes over the sources (for evaluation); the last
-    batch may then be shorter. ``None`` streams forever.
+    ``global_batch_size`` is the sequences per optimizer step, a number or a function of the step (stages);
+    default: one micro-batch per rank. ``epochs`` ends the stream at the first position whose source has
+    been read that many times (for evaluation); the last micro-batches may then be shorter or missing.
     """
 
     def __init__(
@@ -122,105 +278,126 @@ class MixedBlockDataset(IterableDataset):
         sources: list[ShardedBlocks],
         weights: Weights,
         micro_batch_size: int,
+        global_batch_size: BatchSchedule | None = None,
         seed: int = 42,
         rank: int = 0,
         world_size: int = 1,
         epochs: int | None = None,
     ) -> None:
-        self.sources, self.weights, self.micro_batch_size = sources, weights, micro_batch_size
-        self.seed, self.rank, self.world_size, self.epochs = seed, rank, world_size, epochs
+        self.sources, self.micro_batch_size = sources, micro_batch_size
+        self.batch_schedule = global_batch_size or world_size * micro_batch_size
+        self.rank, self.world_size, self.epochs = rank, world_size, epochs
         self.block_tokens = sources[0].block_tokens
         if any(source.block_tokens != self.block_tokens for source in sources):
             raise ValueError("All sources of a mixture must use the same block size")
-        self.states: dict[int, dict] = {}
-        self.worker_offset = 0
-        self._check_weights(0)
+        self.draws = MixtureDraws(weights, len(sources), self.block_tokens - 1, seed)
+        self.state = initial_state(len(sources))
+        self.global_batch_size(0)
 
-    def _check_weights(self, tokens: int) -> np.ndarray:
-        weights = np.asarray(self.weights(tokens) if callable(self.weights) else self.weights, dtype=np.float64)
-        if weights.shape != (len(self.sources),) or (weights < 0).any() or weights.sum() <= 0:
+    def global_batch_size(self, step: int) -> int:
+        size = self.batch_schedule(step) if callable(self.batch_schedule) else self.batch_schedule
+        if size <= 0 or size % (self.world_size * self.micro_batch_size):
             raise ValueError(
-                f"Mixture weights at {tokens:,} tokens must be {len(self.sources)} non-negative numbers "
-                f"with a positive sum, got {weights.tolist()}"
+                f"Step {step}: global batch size {size} is not a positive multiple of world size {self.world_size} "
+                f"x micro-batch size {self.micro_batch_size}"
             )
-        return np.cumsum(weights / weights.sum())
+        return size
 
-    def consumers(self) -> tuple[int, int]:
-        """(this worker's consumer index, number of consumers)."""
+    def block_numbers(self, drawn: np.ndarray, taken: np.ndarray) -> np.ndarray:
+        """For each position of a step, which block of its source's order it reads."""
+        numbers = np.empty(len(drawn), dtype=np.int64)
+        for source in range(len(self.sources)):
+            where = drawn == source
+            numbers[where] = taken[source] + np.arange(int(where.sum()))
+        return numbers
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, dict]]:
         info = get_worker_info()
         workers, worker = (1, 0) if info is None else (info.num_workers, info.id)
-        logical = (worker + self.worker_offset) % workers
-        return self.rank * workers + logical, self.world_size * workers
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, int, dict]]:
-        consumer, num_consumers = self.consumers()
-        state = self.states.get(consumer, {"draws": 0, "taken": [0] * len(self.sources)})
-        draws, taken = state["draws"], list(state["taken"])
-        uniforms, uniforms_seed = None, -1
-        cumulative = None if callable(self.weights) else self._check_weights(0)
+        step, position, skip = self.state["step"], self.state["position"], self.state["micro_batch"]
+        taken = np.array(self.state["taken"], dtype=np.int64)
+        limits = None if self.epochs is None else np.array([self.epochs * s.num_blocks for s in self.sources])
+        emitted = 0
         while True:
-            batch = np.empty((self.micro_batch_size, self.block_tokens), dtype=np.int64)
-            rows = 0
-            while rows < self.micro_batch_size:
-                source = 0
-                if len(self.sources) > 1:
-                    if draws // DRAWS_PER_SEED != uniforms_seed:
-                        uniforms_seed = draws // DRAWS_PER_SEED
-                        uniforms = np.random.default_rng([self.seed, consumer, uniforms_seed]).random(DRAWS_PER_SEED)
-                    if callable(self.weights):
-                        cumulative = self._check_weights(draws * num_consumers * (self.block_tokens - 1))
-                    drawn = np.searchsorted(cumulative, uniforms[draws % DRAWS_PER_SEED], side="right")
-                    source = min(int(drawn), len(self.sources) - 1)
-                position = consumer + taken[source] * num_consumers
-                if self.epochs is not None and position >= self.epochs * self.sources[source].num_blocks:
-                    break
-                self.sources[source].read(position, batch[rows])
-                taken[source] += 1
-                draws += 1
-                rows += 1
-            if rows:
-                yield torch.from_numpy(batch[:rows]), consumer, {"draws": draws, "taken": list(taken)}
-            if rows < self.micro_batch_size:
+            size = self.global_batch_size(step)
+            drawn = self.draws.sources(position, position + size)
+            numbers = self.block_numbers(drawn, taken)
+            end = size
+            if limits is not None:
+                exhausted = np.flatnonzero(numbers >= limits[drawn])
+                end = int(exhausted[0]) if exhausted.size else size
+            share = size // self.world_size
+            micro_steps = share // self.micro_batch_size
+            after = taken + np.bincount(drawn, minlength=len(self.sources))
+            for micro in range(skip, micro_steps):
+                if emitted % workers == worker:
+                    first = self.rank * share + micro * self.micro_batch_size
+                    rows = range(first, min(first + self.micro_batch_size, end))
+                    if len(rows):
+                        batch = np.empty((len(rows), self.block_tokens), dtype=np.int64)
+                        for row, offset in enumerate(rows):
+                            self.sources[drawn[offset]].read(int(numbers[offset]), batch[row])
+                        if micro == micro_steps - 1:  # the step is done: the state is the next step's start
+                            state = {"step": step + 1, "position": position + size, "taken": after.tolist()}
+                        else:
+                            state = {"step": step, "position": position, "taken": taken.tolist()}
+                        yield torch.from_numpy(batch), state | {"micro_batch": (micro + 1) % micro_steps}
+                emitted += 1
+            if end < size:
                 return
+            step, position, taken, skip = step + 1, position + size, after, 0
 
 
 class BlockLoader:
-    """Iterates one rank's batches through a torch DataLoader and remembers the exact position.
+    """Iterates one rank's micro-batches through a torch DataLoader and remembers the exact position.
 
-    ``state_dict()`` holds each consumer's state and the number of batches taken; with it a new
-    loader continues with exactly the batches the old one would have produced next.
+    ``state_dict()`` is the position after the last micro-batch handed out (not the ones that workers
+    have prefetched); with it a loader on any number of ranks continues with the blocks the old run
+    would have read next.
     """
 
     def __init__(self, dataset: MixedBlockDataset, num_workers: int = 0) -> None:
         self.dataset, self.num_workers = dataset, num_workers
-        self.batches = 0
 
     def __iter__(self) -> Iterator[torch.Tensor]:
-        workers = max(self.num_workers, 1)
-        self.dataset.worker_offset = self.batches % workers
         if self.num_workers == 0:  # skip the DataLoader's per-batch conversions
             loader = iter(self.dataset)
         else:
             loader = DataLoader(
                 self.dataset, batch_size=None, num_workers=self.num_workers, pin_memory=torch.cuda.is_available()
             )
-        for batch, consumer, state in loader:
-            self.dataset.states[int(consumer)] = state
-            self.batches += 1
+        for batch, state in loader:
+            self.dataset.state = state
             yield batch
 
     def state_dict(self) -> dict:
-        return {"batches": self.batches, "consumers": {str(k): v for k, v in self.dataset.states.items()}}
+        return {**self.dataset.state, "taken": list(self.dataset.state["taken"])}
 
     def load_state_dict(self, state: dict) -> None:
-        self.batches = state["batches"]
-        self.dataset.states = {int(k): v for k, v in state["consumers"].items()}
+        expected = initial_state(len(self.dataset.sources))
+        if set(state) != set(expected) or len(state["taken"]) != len(expected["taken"]):
+            raise ValueError(
+                f"Not a loader state for {len(expected['taken'])} data source(s): {state}; a checkpoint keeps its "
+                "sources (add or remove one with a new run started from its weights)"
+            )
+        self.dataset.state = {**state, "taken": [int(t) for t in state["taken"]]}
+
+    def reset(self) -> None:
+        """Back to the first block (for a validation pass that reads the same blocks every time)."""
+        self.dataset.state = initial_state(len(self.dataset.sources))
+
+    def state_at(self, step: int, position: int, progress: Callable[[int], None] | None = None) -> dict:
+        """The state at the start of ``step``, whose first position is ``position``: O(position) draws to
+        count (for looking at a step without a checkpoint; resuming uses the saved counters)."""
+        taken = self.dataset.draws.counts(0, position, progress)
+        return {"step": step, "position": position, "taken": taken.tolist(), "micro_batch": 0}
 
 
 def create_loader(
-    sources: Sequence[tuple[Path, float]] | Sequence[Path],
+    sources: Sequence[Path | tuple[Path, float] | ShardedBlocks],
     block_size: int,
     micro_batch_size: int,
+    global_batch_size: BatchSchedule | None = None,
     weights: Weights | None = None,
     seed: int = 42,
     rank: int = 0,
@@ -228,12 +405,23 @@ def create_loader(
     num_workers: int = 0,
     window: int = 8,
     epochs: int | None = None,
+    vocab_size: int | None = None,
 ) -> BlockLoader:
-    """A loader over dataset directories, given as (directory, weight) pairs or as directories plus
-    ``weights`` (a list, or a function of tokens drawn for schedules that ramp a mixture)."""
-    directories = [source[0] if isinstance(source, tuple) else source for source in sources]
+    """A loader over data sources: directories, (directory, weight) pairs, or ShardedBlocks (for a name
+    prefix); ``weights`` overrides the pairs' weights (a list, or a function for ramped mixtures)."""
     if weights is None:
         weights = [source[1] if isinstance(source, tuple) else 1.0 for source in sources]
-    blocks = [ShardedBlocks(Path(d), block_size, seed=seed, window=window) for d in directories]
-    dataset = MixedBlockDataset(blocks, weights, micro_batch_size, seed, rank, world_size, epochs)
+    blocks = [
+        source
+        if isinstance(source, ShardedBlocks)
+        else ShardedBlocks(
+            Path(source[0] if isinstance(source, tuple) else source),
+            block_size,
+            seed=seed,
+            window=window,
+            vocab_size=vocab_size,
+        )
+        for source in sources
+    ]
+    dataset = MixedBlockDataset(blocks, weights, micro_batch_size, global_batch_size, seed, rank, world_size, epochs)
     return BlockLoader(dataset, num_workers)

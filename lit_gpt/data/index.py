@@ -1,0 +1,223 @@
+"""The dataset index: every shard's name, token count, dtype and largest token id, read once at start-up.
+
+Without an index a loader must open every shard to learn its length: 400,000 opens per rank, repeated at
+every start, on a shared filesystem with every rank starting at once. With one it reads a few files.
+
+An index file is JSON laid out by column, so that 300,000 shards parse in a fraction of a second::
+
+    {"version": 1, "tokenizer_sha256": "..." or null,
+     "names": [...], "tokens": [...], "dtypes": ["uint16", ...], "max_ids": [...]}
+
+Preparation writes ``{split}_{source}_{machine}.index.json`` for the shards its job wrote (several
+machines fill one directory without sharing a file); ``scripts/index_shards.py`` writes ``index.json``
+for shards made elsewhere. A directory's index is the union of its index files.
+
+The fingerprint of a data source -- its shard names and token counts and their digest -- goes into
+every checkpoint, so that a resume on other data is noticed and explained.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+from collections.abc import Iterable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from lit_gpt.data.shards import read_header, read_shard
+
+INDEX_VERSION = 1
+INDEX_NAME = "index.json"
+INDEX_SUFFIX = ".index.json"
+
+
+def is_index_file(name: str) -> bool:
+    return name == INDEX_NAME or name.endswith(INDEX_SUFFIX)
+
+
+@dataclass
+class ShardTable:
+    """Shards by column. ``max_ids`` is -1 where the largest id is unknown (a shard read by header only)."""
+
+    names: list[str]
+    tokens: np.ndarray
+    dtypes: list[str]
+    max_ids: np.ndarray
+
+    @classmethod
+    def empty(cls) -> ShardTable:
+        return cls([], np.zeros(0, dtype=np.int64), [], np.zeros(0, dtype=np.int64))
+
+    @classmethod
+    def concatenate(cls, tables: Sequence[ShardTable]) -> ShardTable:
+        return cls(
+            [name for table in tables for name in table.names],
+            np.concatenate([table.tokens for table in tables] or [np.zeros(0, np.int64)]).astype(np.int64),
+            [dtype for table in tables for dtype in table.dtypes],
+            np.concatenate([table.max_ids for table in tables] or [np.zeros(0, np.int64)]).astype(np.int64),
+        )
+
+    def take(self, order: Sequence[int] | np.ndarray) -> ShardTable:
+        order = np.asarray(order, dtype=np.int64)
+        return ShardTable(
+            [self.names[i] for i in order], self.tokens[order], [self.dtypes[i] for i in order], self.max_ids[order]
+        )
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+@dataclass
+class Index:
+    """One index file: its shards and the tokenizer they were made with (None where unknown)."""
+
+    shards: ShardTable
+    tokenizer_sha256: str | None = None
+
+    def write(self, path: Path) -> None:
+        """Atomically: readers see the old file or the new one, never a part."""
+        content = {
+            "version": INDEX_VERSION,
+            "tokenizer_sha256": self.tokenizer_sha256,
+            "names": self.shards.names,
+            "tokens": self.shards.tokens.tolist(),
+            "dtypes": self.shards.dtypes,
+            "max_ids": self.shards.max_ids.tolist(),
+        }
+        tmp = path.with_name(f".{path.name}.tmp")
+        with open(tmp, "w") as f:
+            json.dump(content, f, separators=(",", ":"))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    @classmethod
+    def read(cls, path: Path) -> Index:
+        try:
+            content = json.loads(path.read_text())
+            if content.get("version") != INDEX_VERSION:
+                raise ValueError(f"unsupported index version {content.get('version')!r} (expected {INDEX_VERSION})")
+            names, tokens, dtypes, max_ids = (content[k] for k in ("names", "tokens", "dtypes", "max_ids"))
+            if not len(names) == len(tokens) == len(dtypes) == len(max_ids):
+                raise ValueError("its columns differ in length")
+        except (ValueError, KeyError, TypeError) as error:
+            message = f"{path}: not a usable shard index ({error}); rebuild it with scripts/index_shards.py"
+            raise ValueError(message) from None
+        table = ShardTable(names, np.array(tokens, dtype=np.int64), dtypes, np.array(max_ids, dtype=np.int64))
+        return cls(table, content.get("tokenizer_sha256"))
+
+
+def file_sha256(path: Path) -> str:
+    """The digest that identifies a tokenizer file in manifests and indexes."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def shard_names(names: Iterable[str], prefix: str = "") -> list[str]:
+    """The shards among a directory listing, sorted; hidden files are pending tokens or temporary files."""
+    return sorted(n for n in names if n.endswith(".bin") and n.startswith(prefix) and not n.startswith("."))
+
+
+def scan_shard(path: Path) -> tuple[int, str, int]:
+    """(token count, dtype, largest token id) of one shard, reading all of it."""
+    tokens = read_shard(path)
+    return len(tokens), str(tokens.dtype), int(tokens.max()) if len(tokens) else -1
+
+
+def index_directory(
+    directory: Path, prefix: str = "", tokenizer_path: Path | None = None, num_workers: int = 1
+) -> tuple[Path, Index]:
+    """Read every shard of ``directory`` (with ``prefix``) once and write ``index.json`` for them."""
+    names = shard_names(os.listdir(directory), prefix)
+    if not names:
+        raise FileNotFoundError(f"{directory} holds no{' ' + prefix + '*' if prefix else ''} .bin shards to index")
+    paths = [directory / name for name in names]
+    with multiprocessing.get_context("spawn").Pool(num_workers) if num_workers > 1 else nullcontext() as pool:
+        scanned = pool.imap(scan_shard, paths, chunksize=16) if pool else map(scan_shard, paths)
+        stats = list(tqdm(scanned, total=len(paths), unit="shard", desc=f"indexing {directory}"))
+    table = ShardTable(
+        names,
+        np.array([count for count, _, _ in stats], dtype=np.int64),
+        [dtype for _, dtype, _ in stats],
+        np.array([largest for _, _, largest in stats], dtype=np.int64),
+    )
+    index = Index(table, file_sha256(tokenizer_path) if tokenizer_path else None)
+    path = directory / INDEX_NAME
+    index.write(path)
+    return path, index
+
+
+def header_table(directory: Path, names: Sequence[str]) -> ShardTable:
+    """Token counts and dtypes from the shards' headers (largest ids unknown): the slow path, one open each."""
+    headers = [read_header(directory / name) for name in names]
+    return ShardTable(
+        list(names),
+        np.array([count for _, count in headers], dtype=np.int64),
+        [str(dtype) for dtype, _ in headers],
+        np.full(len(names), -1, dtype=np.int64),
+    )
+
+
+def read_directory_index(directory: Path, index_files: Iterable[str], prefix: str = "") -> tuple[ShardTable, set]:
+    """The union of a directory's index files restricted to names starting with ``prefix``, and the
+    tokenizer digests they record. A shard listed twice must be listed the same way."""
+    tables, tokenizers = [], set()
+    for name in sorted(index_files):
+        index = Index.read(directory / name)
+        keep = [i for i, shard in enumerate(index.shards.names) if shard.startswith(prefix)]
+        if keep:
+            tables.append(index.shards.take(keep))
+            if index.tokenizer_sha256 is not None:
+                tokenizers.add(index.tokenizer_sha256)
+    table = ShardTable.concatenate(tables)
+    first: dict[str, int] = {}
+    duplicates = []
+    for i, name in enumerate(table.names):
+        j = first.setdefault(name, i)
+        if j != i:
+            if (table.tokens[i], table.dtypes[i]) != (table.tokens[j], table.dtypes[j]):
+                message = f"{directory}: the index files disagree about shard {name}; rebuild with index_shards.py"
+                raise ValueError(message)
+            duplicates.append(i)
+    if duplicates:
+        table = table.take(sorted(first.values()))
+    return table, tokenizers
+
+
+@dataclass
+class Fingerprint:
+    """What a data source held when a checkpoint was written: shard names and token counts, and their digest."""
+
+    names: list[str]
+    tokens: list[int]
+
+    @property
+    def digest(self) -> str:
+        lines = "".join(f"{name}\t{count}\n" for name, count in zip(self.names, self.tokens, strict=True))
+        return hashlib.sha256(lines.encode()).hexdigest()
+
+    def to_dict(self) -> dict:
+        return {"digest": self.digest, "names": self.names, "tokens": self.tokens}
+
+    @classmethod
+    def from_dict(cls, content: dict) -> Fingerprint:
+        return cls(list(content["names"]), [int(t) for t in content["tokens"]])
+
+    def changes_since(self, old: Fingerprint) -> str | None:
+        """What changed from ``old`` to this one, in words; None if nothing did."""
+        if self.digest == old.digest:
+            return None
+        before, after = dict(zip(old.names, old.tokens, strict=True)), dict(zip(self.names, self.tokens, strict=True))
+        added = sorted(set(after) - set(before))
+        removed = sorted(set(before) - set(after))
+        resized = sorted(name for name in set(before) & set(after) if before[name] != after[name])
+        parts = []
+        for what, names in (("added", added), ("removed", removed), ("resized", resized)):
+            if names:
+                parts.append(f"{len(names):,} shard(s) {what} (e.g. {', '.join(names[:3])})")
+        return "; ".join(parts) or "the shard order changed"
