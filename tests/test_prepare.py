@@ -12,6 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
+from lit_gpt.data import prepare
+from lit_gpt.data.index import Index, file_sha256, scan_shard
 from lit_gpt.data.shards import read_shard
 
 from conftest import DEMO_TOKENIZER, REPO_ROOT, TOKENIZER, run_prepare, shard_tokens, split_documents
@@ -113,6 +115,16 @@ def test_output_does_not_depend_on_the_number_of_workers(tmp_path):
     tokens = shard_tokens(tmp_path / "out1")
     assert split_documents(tokens) == [TOKENIZER.encode(text, bos=False) for text in documents]
     assert all(len(read_shard(tmp_path / "out1" / name)) == 1000 for name in list(outputs[0])[:-1])
+    # The job's index holds what reading each shard gives, and the tokenizer's digest.
+    index = Index.read(tmp_path / "out2" / "train_slimpajama_0.index.json")
+    assert index.tokenizer_sha256 == file_sha256(DEMO_TOKENIZER)
+    assert index.shards.names == list(outputs[1])
+    scanned = [scan_shard(tmp_path / "out2" / name) for name in index.shards.names]
+    shards = index.shards
+    assert list(zip(shards.tokens.tolist(), shards.dtypes, shards.max_ids.tolist(), strict=True)) == scanned
+    assert (tmp_path / "out1" / "train_slimpajama_0.index.json").read_bytes() == (
+        tmp_path / "out2" / "train_slimpajama_0.index.json"
+    ).read_bytes()
 
 
 def test_machines_split_the_files_and_write_disjoint_shards(tmp_path):
@@ -162,6 +174,8 @@ def test_a_killed_run_resumes_and_gives_the_same_shards(tmp_path):
     result = run_prepare("prepare_slimpajama.py", *args, "--destination_path", str(out))
     assert "Resuming after 3 of 6 files" in result.stdout
     assert shard_bytes(out) == shard_bytes(reference)
+    index = "train_slimpajama_0.index.json"
+    assert (out / index).read_bytes() == (reference / index).read_bytes()
     assert not list(out.glob(".*"))  # no temporary or pending files left
 
 
@@ -211,3 +225,68 @@ def test_percentage_outside_the_unit_interval_is_refused(tmp_path, percentage):
         "prepare_slimpajama.py", "--source_path", str(tmp_path / "slim"), "--percentage", percentage, check=False
     )
     assert result.returncode != 0 and "percentage must be in (0, 1]" in result.stderr
+
+
+def tiny_reader(path: Path, skips) -> list[str]:
+    """A reader for files that name their documents: one short document per file."""
+    with open(EVENTS, "a") as events:  # appended by every worker process: the order of events across them
+        events.write("started\n")
+    return [document(int(path.stem))]
+
+
+EVENTS = Path("/nonexistent")
+
+
+def tiny_files(directory: Path, count: int) -> list[Path]:
+    directory.mkdir()
+    files = [directory / f"{i:05d}.txt" for i in range(count)]
+    for path in files:
+        path.touch()
+    return files
+
+
+def test_tokenized_files_in_flight_stay_bounded_with_a_slow_writer(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys.modules[__name__], "EVENTS", tmp_path / "events")
+    add = prepare.ShardWriter.add
+
+    def slow_add(writer, tokens):
+        time.sleep(0.01)
+        with open(tmp_path / "events", "a") as events:
+            events.write("written\n")
+        add(writer, tokens)
+
+    monkeypatch.setattr(prepare.ShardWriter, "add", slow_add)
+    files = tiny_files(tmp_path / "in", 150)
+    prepare.prepare_corpus(files, tiny_reader, "tiny", DEMO_TOKENIZER, tmp_path / "out", "train", 500, num_workers=2)
+    in_flight, most = 0, 0
+    for event in (tmp_path / "events").read_text().split():
+        in_flight += 1 if event == "started" else -1
+        most = max(most, in_flight)
+    assert most <= prepare.RESULTS_PER_WORKER * 2 + 1  # the bound, plus the one the writer holds
+    assert split_documents(shard_tokens(tmp_path / "out")) == [
+        TOKENIZER.encode(document(i), bos=False) for i in range(150)
+    ]
+
+
+def test_per_file_cost_does_not_grow_with_the_shards_written(tmp_path, monkeypatch):
+    """2,000 files, a shard every two files: no directory listing per file, and the last files are no slower."""
+    monkeypatch.setattr(sys.modules[__name__], "EVENTS", tmp_path / "events")
+    files = tiny_files(tmp_path / "in", 2000)
+    listings = []
+    for name in ("scandir", "listdir"):
+        original = getattr(os, name)
+        monkeypatch.setattr(os, name, lambda *a, _original=original: listings.append(a) or _original(*a))
+    times = []
+    add = prepare.ShardWriter.add
+
+    def timed_add(writer, tokens):
+        times.append(time.perf_counter())
+        add(writer, tokens)
+
+    monkeypatch.setattr(prepare.ShardWriter, "add", timed_add)
+    prepare.prepare_corpus(files, tiny_reader, "tiny", DEMO_TOKENIZER, tmp_path / "out", "train", 60, num_workers=1)
+    assert len(list((tmp_path / "out").glob("*.bin"))) > 1000
+    assert len(listings) <= 2  # once at the start, not per file or per commit
+    per_file = np.diff(times)
+    first, second = np.median(per_file[:1000]), np.median(per_file[1000:])
+    assert second <= 1.5 * first, (first, second)

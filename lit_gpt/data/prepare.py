@@ -2,19 +2,26 @@
 
 Input files are processed in sorted order and their tokens form one stream, cut into shards of
 ``chunk_size`` tokens by a single writer; the last shard holds the remainder. Workers only tokenize
-(whole files, in parallel, results taken in order), so the shards are byte-identical whatever
-``num_workers`` is. After every input file the writer's state -- files done, next shard number, the
-tokens not yet in a full shard -- is committed to a manifest, so a rerun after a crash or Ctrl-C
-resumes at the next file and produces the same shards as an uninterrupted run.
+(whole files, in parallel, results taken in order, at most two per worker waiting to be written so
+that memory stays flat), so the shards are byte-identical whatever ``num_workers`` is.
+
+Whenever a shard has been written (and at least every ``commit_interval`` seconds) the writer's state --
+files done, next shard number, the tokens not yet in a full shard, the index entries of the new shards
+-- is committed, so a rerun after a crash or Ctrl-C resumes there and produces the same shards as an
+uninterrupted run. Nothing per file or per commit depends on how many files or shards exist. A
+finished job writes its shards' index (``{split}_{source}_{machine}.index.json``).
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
+import itertools
 import json
 import math
 import multiprocessing
+import multiprocessing.pool
 import os
 import sys
 import time
@@ -28,11 +35,13 @@ import numpy as np
 from tqdm import tqdm
 
 from lit_gpt.data.corpora import Skips, UnreadableFile
-from lit_gpt.data.shards import ShardWriter, read_shard, token_dtype, write_shard
+from lit_gpt.data.index import INDEX_SUFFIX, Index, ShardTable, file_sha256
+from lit_gpt.data.shards import ShardWriter, WrittenShard, read_shard, token_dtype, write_shard
 from lit_gpt.tokenizer import Tokenizer
 
 Reader = Callable[[Path, Skips], Iterator[str]]
 BATCH_CHARS = 1 << 20  # texts handed to SentencePiece at once
+RESULTS_PER_WORKER = 2  # tokenized files waiting for the writer, per worker
 
 
 @dataclass
@@ -110,16 +119,17 @@ def _run_in_worker(path: Path) -> FileResult:
     return _worker_tokenize(path)
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 class Manifest:
-    """The job's committed state: ``{prefix}.manifest.json`` plus a hidden file of pending tokens."""
+    """The job's committed state: ``{prefix}.manifest.json``, a hidden file of the pending tokens it
+    points at, and a hidden log of the shards written (their index entries), which becomes the job's
+    index when it finishes. Each piece is written so that a crash at any moment leaves a usable state."""
 
     def __init__(self, destination: Path, prefix: str) -> None:
         self.destination, self.prefix = destination, prefix
         self.path = destination / f"{prefix}.manifest.json"
+        self.log_path = destination / f".{prefix}.shards.jsonl"
+        self.index_path = destination / f"{prefix}{INDEX_SUFFIX}"
+        self._committed_pending: Path | None = None
 
     def pending_path(self, files_done: int) -> Path:
         return self.destination / f".{self.prefix}.pending.{files_done}.bin"
@@ -137,18 +147,53 @@ class Manifest:
         pending = read_shard(self.pending_path(progress.files_done)) if progress.pending_tokens else None
         if pending is not None and len(pending) != progress.pending_tokens:
             raise ValueError(f"{self.path}: pending token file does not match; delete the destination to start over")
+        self._committed_pending = self.pending_path(progress.files_done) if pending is not None else None
+        for stale in self.destination.glob(f".{self.prefix}.pending.*.bin"):  # once per run: left by a crash
+            if stale != self._committed_pending:
+                stale.unlink()
+        self._trim_log(progress.next_shard)
         return progress, pending
 
-    def commit(self, progress: Progress, pending: np.ndarray) -> None:
-        """Pending tokens first, then the manifest that points at them: each write is atomic."""
-        if len(pending):
-            write_shard(self.pending_path(progress.files_done), pending)
+    def _trim_log(self, next_shard: int) -> None:
+        """Drop log lines of shards written after the last commit: the rerun writes them again."""
+        if not self.log_path.exists():
+            return
+        lines = self.log_path.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if json.loads(line)["number"] < next_shard]
+        if len(kept) != len(lines):
+            tmp = self.log_path.with_name(f"{self.log_path.name}.tmp")
+            tmp.write_text("".join(kept))
+            os.replace(tmp, self.log_path)
+
+    def commit(self, progress: Progress, pending: np.ndarray, written: list[WrittenShard]) -> None:
+        """Pending tokens and the log of new shards first, then the manifest that points at them; each
+        write is atomic or append-only, and only the previous pending file is removed (no listing)."""
+        new_pending = self.pending_path(progress.files_done) if len(pending) else None
+        if new_pending is not None and new_pending != self._committed_pending:
+            write_shard(new_pending, pending)
+        if written:
+            with open(self.log_path, "a") as log:
+                log.writelines(json.dumps(asdict(shard)) + "\n" for shard in written)
+                log.flush()
+                os.fsync(log.fileno())
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         tmp.write_text(json.dumps(asdict(progress), indent=1))
         os.replace(tmp, self.path)
-        for stale in self.destination.glob(f".{self.prefix}.pending.*.bin"):
-            if stale != self.pending_path(progress.files_done) or not len(pending):
-                stale.unlink()
+        if self._committed_pending is not None and self._committed_pending != new_pending:
+            self._committed_pending.unlink(missing_ok=True)
+        self._committed_pending = new_pending
+
+    def write_index(self, tokenizer_sha256: str) -> None:
+        """The job's index, from the log of its shards; the log goes once the index is there."""
+        shards = [json.loads(line) for line in self.log_path.read_text().splitlines()] if self.log_path.exists() else []
+        table = ShardTable(
+            [shard["name"] for shard in shards],
+            np.array([shard["tokens"] for shard in shards], dtype=np.int64),
+            [shard["dtype"] for shard in shards],
+            np.array([shard["max_id"] for shard in shards], dtype=np.int64),
+        )
+        Index(table, tokenizer_sha256).write(self.index_path)
+        self.log_path.unlink(missing_ok=True)
 
 
 def prepare_corpus(
@@ -161,8 +206,10 @@ def prepare_corpus(
     chunk_size: int,
     num_workers: int,
     shard_index: int = 0,
+    commit_interval: float = 60.0,
 ) -> Progress:
-    """Tokenize ``files`` (already selected for this machine) into shards in ``destination_path``."""
+    """Tokenize ``files`` (already selected for this machine) into shards in ``destination_path``,
+    committing progress after each shard and at least every ``commit_interval`` seconds."""
     if not files:
         raise FileNotFoundError(f"No input files for the {source} {split} split")
     if chunk_size <= 0:
@@ -175,13 +222,17 @@ def prepare_corpus(
         split=split,
         shard_index=shard_index,
         chunk_size=chunk_size,
-        tokenizer_sha256=_sha256(tokenizer.path),
+        tokenizer_sha256=file_sha256(tokenizer.path),
         files=len(files),
         files_sha256=hashlib.sha256("\n".join(map(str, files)).encode()).hexdigest(),
     )
     manifest = Manifest(destination_path, f"{split}_{source}_{shard_index}")
     progress, pending = manifest.load(settings)
     if progress.complete:
+        if not manifest.index_path.exists():  # a job finished before jobs wrote an index
+            print(
+                f"Complete, but without {manifest.index_path.name}: python scripts/index_shards.py {destination_path}"
+            )
         print(f"{manifest.path} says this job is complete; nothing to do.")
         print_summary(progress, destination_path)
         return progress
@@ -195,6 +246,15 @@ def prepare_corpus(
     skips.examples = progress.examples
     bar = tqdm(total=sum(p.stat().st_size for p in remaining), unit="B", unit_scale=True, desc=f"{source} {split}")
     start, documents, tokens = time.perf_counter(), 0, 0
+    last_commit = time.monotonic()
+
+    def commit() -> None:
+        pending = writer.pending
+        progress.next_shard, progress.pending_tokens = writer.next_index, len(pending)
+        progress.skipped, progress.examples = dict(skips.counts), skips.examples
+        manifest.commit(progress, pending, writer.written)
+        writer.written = []
+
     with _tokenized(remaining, read, tokenizer.path, dtype, num_workers) as results:
         for path, result in zip(remaining, results, strict=True):
             writer.add(result.tokens)
@@ -207,16 +267,18 @@ def prepare_corpus(
             progress.files_done += 1
             progress.documents += result.documents
             progress.tokens += len(result.tokens)
-            progress.next_shard, progress.pending_tokens = writer.next_index, len(writer.pending)
-            progress.skipped, progress.examples = dict(skips.counts), skips.examples
-            manifest.commit(progress, writer.pending)
+            if writer.written or time.monotonic() - last_commit >= commit_interval:
+                commit()
+                last_commit = time.monotonic()
             elapsed = time.perf_counter() - start
             bar.set_postfix_str(f"{documents / elapsed:,.0f} docs/s, {tokens / elapsed:,.0f} tokens/s")
             bar.update(path.stat().st_size)
     bar.close()
     writer.close()
-    progress.next_shard, progress.pending_tokens, progress.complete = writer.next_index, 0, True
-    manifest.commit(progress, writer.pending)
+    commit()
+    manifest.write_index(settings["tokenizer_sha256"])
+    progress.complete = True
+    commit()
     print_summary(progress, destination_path)
     return progress
 
@@ -261,7 +323,22 @@ def _tokenized(
         return
     context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
     with context.Pool(num_workers, initializer=_init_worker, initargs=(read, tokenizer_path, dtype)) as pool:
-        yield pool.imap(_run_in_worker, files)
+        yield _in_order(pool, files, RESULTS_PER_WORKER * num_workers)
+
+
+def _in_order(pool: multiprocessing.pool.Pool, files: list[Path], limit: int) -> Iterator[FileResult]:
+    """Results in input order, with at most ``limit`` files handed to the pool and not yet taken: a pool's
+    ``imap`` runs ahead of a slow writer without bound and holds every result in memory."""
+    queue: collections.deque = collections.deque()
+    upcoming = iter(files)
+    for path in itertools.islice(upcoming, limit):
+        queue.append(pool.apply_async(_run_in_worker, (path,)))
+    while queue:
+        result = queue.popleft().get()
+        following = next(upcoming, None)
+        if following is not None:
+            queue.append(pool.apply_async(_run_in_worker, (following,)))
+        yield result
 
 
 def print_summary(progress: Progress, destination: Path) -> None:

@@ -4,7 +4,11 @@ A shard is a 24-byte little-endian header -- magic ``LITPKDS`` (7 bytes), versio
 u8, token count u64 -- followed by that many token ids. Documents are concatenated, each starting with
 BOS. The original writer always filled a shard to ``chunk_size`` (padding the last one, or dropping it);
 ours writes full shards and then one shorter last shard whose header holds its true length, so no
-token is ever padded or lost. Both read the same way.
+token is ever padded or lost.
+
+Compatibility. Our reader takes each shard's length from its own header, so shards made by the
+original scripts load unchanged. The original reader takes every file's length from the first file's
+header, so it reads our full shards but not a job's shorter last shard (leave that one out for it).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import mmap
 import os
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -90,11 +95,23 @@ def read_shard(path: Path) -> np.ndarray:
     return np.frombuffer(mapped, dtype=dtype, count=count, offset=HEADER.size)
 
 
+@dataclass(frozen=True)
+class WrittenShard:
+    """What the dataset index records of a shard, known for free while writing it."""
+
+    number: int
+    name: str
+    tokens: int
+    dtype: str
+    max_id: int
+
+
 class ShardWriter:
     """Cuts one stream of tokens into shards of ``chunk_size`` tokens, numbered from ``next_index``.
 
     ``close()`` writes what is left as a last, shorter shard. ``pending`` exposes the buffered tokens
-    so that preparation can checkpoint them and resume.
+    so that preparation can checkpoint them and resume; ``written`` collects each shard's index entry
+    until the caller takes them.
     """
 
     def __init__(
@@ -112,6 +129,7 @@ class ShardWriter:
         self.chunk_size, self.dtype, self.next_index = chunk_size, np.dtype(dtype), next_index
         self._buffer = np.empty(chunk_size, dtype=self.dtype)
         self._filled = 0
+        self.written: list[WrittenShard] = []
         if pending is not None:
             self.add(pending)
 
@@ -135,6 +153,8 @@ class ShardWriter:
 
     def _flush(self) -> None:
         name = shard_name(self.split, self.source, self.writer, self.next_index)
-        write_shard(self.directory / name, self._buffer[: self._filled])
+        tokens = self._buffer[: self._filled]
+        write_shard(self.directory / name, tokens)
+        self.written.append(WrittenShard(self.next_index, name, len(tokens), str(self.dtype), int(tokens.max())))
         self.next_index += 1
         self._filled = 0
