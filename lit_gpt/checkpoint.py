@@ -43,9 +43,13 @@ def remove_run(out_dir: Path) -> list[str]:
     """Delete a run's checkpoints (complete or not) and logs from ``out_dir``; returns what was removed."""
     removed = []
     for path in sorted(out_dir.iterdir()) if out_dir.is_dir() else []:
-        if CHECKPOINT_PATTERN.match(path.name.removeprefix(".tmp-")) or path.name in RUN_FILES:
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-            removed.append(path.name)
+        if not (CHECKPOINT_PATTERN.match(path.name.removeprefix(".tmp-")) or path.name in RUN_FILES):
+            continue
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+        removed.append(path.name)
     return removed
 
 

@@ -156,14 +156,20 @@ def setup(
         seed: seeds the initialisation and the data order.
         max_nonfinite_steps: abort after this many consecutive steps with a non-finite loss.
     """
-    model_config = model_config or {}
-    train_data = train_data or list(TINYLLAMA_MIXTURE)
-    hparams = Hyperparameters(**locals())
+    hparams = hyperparameters(**locals())
     strategy = ModelParallelStrategy(parallelize_fn=lambda model, mesh: parallelize(model, mesh, hparams))
     fabric = L.Fabric(
         devices=hparams.devices, num_nodes=num_nodes, strategy=strategy, precision=_fabric_precision(hparams)
     )
     fabric.launch(main, hparams)
+
+
+def hyperparameters(**arguments: object) -> Hyperparameters:
+    """setup()'s arguments with the defaults that depend on nothing else filled in (also for
+    scripts/show_batch.py, which reads a recipe as this script does)."""
+    arguments["model_config"] = arguments["model_config"] or {}
+    arguments["train_data"] = arguments["train_data"] or list(TINYLLAMA_MIXTURE)
+    return Hyperparameters(**arguments)
 
 
 def _jsonable(value: object) -> object:
@@ -202,26 +208,12 @@ def main(fabric: L.Fabric, hparams: Hyperparameters) -> None:
     names = [source.name for source in hparams.train_data]
     resume_from = claim_out_dir(fabric, hparams)
 
-    def source(path: Path, prefix: str) -> ShardedBlocks:
-        return ShardedBlocks(path, config.block_size, hparams.seed, prefix=prefix, vocab_size=config.vocab_size)
-
-    train_sources = [source(s.path, s.prefix) for s in hparams.train_data]
-    train_loader = create_loader(
-        train_sources,
-        config.block_size,
-        hparams.micro_batch_size,
-        global_batch_size=plan.global_batch_size,
-        weights=plan.mixture,
-        seed=hparams.seed,
-        rank=fabric.global_rank,
-        world_size=world,
-        num_workers=hparams.num_workers,
-    )
-    val_sources = [] if hparams.val_data is None else [source(hparams.val_data, hparams.val_prefix)]
+    train_loader = training_data(hparams, config, plan, fabric.global_rank, world)
+    train_sources = train_loader.dataset.sources
     val_loader = None
-    if val_sources:
+    if hparams.val_data is not None:
         val_loader = create_loader(
-            val_sources,
+            [data_source(hparams, config, hparams.val_data, hparams.val_prefix)],
             config.block_size,
             hparams.micro_batch_size,
             seed=hparams.seed,
@@ -229,7 +221,7 @@ def main(fabric: L.Fabric, hparams: Hyperparameters) -> None:
             world_size=world,
             epochs=1,
         )
-    check_tokenizer(config, hparams, train_sources + val_sources)
+    check_tokenizer(config, hparams, train_sources + (val_loader.dataset.sources if val_loader else []))
     fingerprint = {name: blocks.fingerprint() for name, blocks in zip(names, train_sources, strict=True)}
     if fabric.global_rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -290,6 +282,25 @@ def main(fabric: L.Fabric, hparams: Hyperparameters) -> None:
     train(fabric, hparams, config, plan, model, optimizer, train_loader, val_loader, state, metrics, fingerprint)
     if metrics is not None:
         metrics.close()
+
+
+def data_source(hparams: Hyperparameters, config: Config, path: Path, prefix: str) -> ShardedBlocks:
+    return ShardedBlocks(path, config.block_size, hparams.seed, prefix=prefix, vocab_size=config.vocab_size)
+
+
+def training_data(hparams: Hyperparameters, config: Config, plan: StagePlan, rank: int, world_size: int) -> BlockLoader:
+    """Rank ``rank``'s loader over the run's training sources, with the plan's batch sizes and mixtures."""
+    return create_loader(
+        [data_source(hparams, config, source.path, source.prefix) for source in hparams.train_data],
+        config.block_size,
+        hparams.micro_batch_size,
+        global_batch_size=plan.global_batch_size,
+        weights=plan.mixture,
+        seed=hparams.seed,
+        rank=rank,
+        world_size=world_size,
+        num_workers=hparams.num_workers,
+    )
 
 
 def train(

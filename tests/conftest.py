@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from lit_gpt import Tokenizer
-from lit_gpt.data.shards import read_shard
+from lit_gpt.data.index import index_directory
+from lit_gpt.data.shards import read_shard, write_shard
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_TOKENIZER = REPO_ROOT / "assets" / "tokenizer" / "tokenizer.model"
@@ -22,6 +23,19 @@ DEVICES = ["cpu", pytest.param("cuda", marks=requires_cuda)]
 def seed() -> None:
     """Every test draws the same random numbers on every run."""
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def data(tmp_path) -> Path:
+    """Two small random-token datasets and a validation set, 33-token blocks."""
+    rng = np.random.default_rng(0)
+    for name, shards in (("a", 3), ("b", 2), ("val", 1)):
+        (tmp_path / name).mkdir()
+        for i in range(shards):
+            tokens = rng.integers(0, 4096, 33 * 64, dtype=np.uint16)
+            write_shard(tmp_path / name / f"train_{name}_0_{i:010d}.bin", tokens)
+        index_directory(tmp_path / name, tokenizer_path=DEMO_TOKENIZER)
+    return tmp_path
 
 
 def run_prepare(script: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:

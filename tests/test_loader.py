@@ -203,7 +203,7 @@ def test_state_at_counts_the_draws_of_every_earlier_position(two_sources):
     kwargs = dict(global_batch_size=24, weights=ramp, seed=5)
     _, state = read_steps(list(two_sources), 2, 4, 0, steps=9, **kwargs)
     loader = create_loader(list(two_sources), BLOCK_SIZE, 4, **kwargs)
-    assert loader.state_at(9, 9 * 24) == state
+    assert loader.dataset.state_at(9, 9 * 24) == state
 
 
 COUNT_OPENS = """

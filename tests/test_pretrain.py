@@ -28,19 +28,6 @@ SCRIPT = REPO_ROOT / "pretrain" / "tinyllama.py"
 TINY = "{n_layer: 2, n_embd: 64, n_head: 4, n_query_groups: 2, intermediate_size: 128, block_size: 32}"
 
 
-@pytest.fixture
-def data(tmp_path) -> Path:
-    """Two small random-token datasets and a validation set, 33-token blocks."""
-    rng = np.random.default_rng(0)
-    for name, shards in (("a", 3), ("b", 2), ("val", 1)):
-        (tmp_path / name).mkdir()
-        for i in range(shards):
-            tokens = rng.integers(0, 4096, 33 * 64, dtype=np.uint16)
-            write_shard(tmp_path / name / f"train_{name}_0_{i:010d}.bin", tokens)
-        index_directory(tmp_path / name, tokenizer_path=DEMO_TOKENIZER)
-    return tmp_path
-
-
 def train_args(data: Path, out_dir: Path, *extra: str) -> list[str]:
     return [
         "--model_name",
@@ -240,7 +227,7 @@ def test_startup_checks():
     with pytest.raises(ValueError, match="exactly one of --max_tokens and --max_steps"):
         script.stage_plan(hparams, config, world_size=1)
     with pytest.raises(ValueError, match="has 4096 tokens but model tiny_LLaMA_5M only 1000"):
-        script.check_tokenizer(config.replace(vocab_size=1000), hparams)
+        script.check_tokenizer(config.replace(vocab_size=1000), hparams, [])
 
 
 @pytest.mark.slow

@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 
 from lit_gpt.schedule import Stage, StagePlan, cosine_lr
@@ -62,3 +63,12 @@ def test_bad_stages_are_refused():
         StagePlan([Stage("x", 100, weights={"proof_pile": 1.0})], SOURCES, 4, 10)
     with pytest.raises(ValueError, match="at least one stage"):
         StagePlan([], SOURCES, 4, 10)
+
+
+def test_mixture_of_many_token_counts_at_once_and_positions_before_a_step():
+    plan = v11_plan()
+    rows = plan.mixture(np.array([0, 399, 500, 600, 1199, 1200, 5000]))
+    ramped = [(0.693584 + 0.5) / 2, (0.306416 + 0.2) / 2, 0.15]
+    start, continual, cooldown = [0.693584, 0.306416, 0.0], [0.5, 0.2, 0.3], [0.5, 0.0, 0.5]
+    assert np.allclose(rows, [start, start, ramped, continual, continual, cooldown, cooldown], rtol=0, atol=1e-12)
+    assert [plan.positions_before(s) for s in (0, 10, 30, 31, 34)] == [0, 40, 120, 136, 184]

@@ -303,37 +303,47 @@ class MixedBlockDataset(IterableDataset):
             )
         return size
 
-    def block_numbers(self, drawn: np.ndarray, taken: np.ndarray) -> np.ndarray:
-        """For each position of a step, which block of its source's order it reads."""
+    def step_positions(self, step: int, position: int, taken: Sequence[int]) -> tuple[np.ndarray, np.ndarray, int]:
+        """For each position of ``step`` (starting at ``position``, after ``taken`` blocks per source): its
+        source, which block of that source's order it reads, and where the stream ends (``epochs``)."""
+        drawn = self.draws.sources(position, position + self.global_batch_size(step))
         numbers = np.empty(len(drawn), dtype=np.int64)
         for source in range(len(self.sources)):
             where = drawn == source
             numbers[where] = taken[source] + np.arange(int(where.sum()))
-        return numbers
+        end = len(drawn)
+        if self.epochs is not None:
+            limits = np.array([self.epochs * source.num_blocks for source in self.sources])
+            exhausted = np.flatnonzero(numbers >= limits[drawn])
+            end = int(exhausted[0]) if exhausted.size else end
+        return drawn, numbers, end
+
+    def state_at(self, step: int, position: int, progress: Callable[[int], None] | None = None) -> dict:
+        """The state at the start of ``step``, whose first position is ``position``: O(position) draws to
+        count (for looking at a step without a checkpoint; resuming uses the saved counters)."""
+        taken = self.draws.counts(0, position, progress)
+        return {"step": step, "position": position, "taken": taken.tolist(), "micro_batch": 0}
+
+    def micro_batch_offsets(self, size: int, micro: int) -> range:
+        """The offsets in a step of ``size`` positions that this rank reads in its micro-batch ``micro``."""
+        first = self.rank * (size // self.world_size) + micro * self.micro_batch_size
+        return range(first, first + self.micro_batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, dict]]:
         info = get_worker_info()
         workers, worker = (1, 0) if info is None else (info.num_workers, info.id)
         step, position, skip = self.state["step"], self.state["position"], self.state["micro_batch"]
         taken = np.array(self.state["taken"], dtype=np.int64)
-        limits = None if self.epochs is None else np.array([self.epochs * s.num_blocks for s in self.sources])
         emitted = 0
         while True:
-            size = self.global_batch_size(step)
-            drawn = self.draws.sources(position, position + size)
-            numbers = self.block_numbers(drawn, taken)
-            end = size
-            if limits is not None:
-                exhausted = np.flatnonzero(numbers >= limits[drawn])
-                end = int(exhausted[0]) if exhausted.size else size
-            share = size // self.world_size
-            micro_steps = share // self.micro_batch_size
+            drawn, numbers, end = self.step_positions(step, position, taken)
+            size = len(drawn)
+            micro_steps = size // self.world_size // self.micro_batch_size
             after = taken + np.bincount(drawn, minlength=len(self.sources))
             for micro in range(skip, micro_steps):
                 if emitted % workers == worker:
-                    first = self.rank * share + micro * self.micro_batch_size
-                    rows = range(first, min(first + self.micro_batch_size, end))
-                    if len(rows):
+                    rows = [offset for offset in self.micro_batch_offsets(size, micro) if offset < end]
+                    if rows:
                         batch = np.empty((len(rows), self.block_tokens), dtype=np.int64)
                         for row, offset in enumerate(rows):
                             self.sources[drawn[offset]].read(int(numbers[offset]), batch[row])
@@ -385,12 +395,6 @@ class BlockLoader:
     def reset(self) -> None:
         """Back to the first block (for a validation pass that reads the same blocks every time)."""
         self.dataset.state = initial_state(len(self.dataset.sources))
-
-    def state_at(self, step: int, position: int, progress: Callable[[int], None] | None = None) -> dict:
-        """The state at the start of ``step``, whose first position is ``position``: O(position) draws to
-        count (for looking at a step without a checkpoint; resuming uses the saved counters)."""
-        taken = self.dataset.draws.counts(0, position, progress)
-        return {"step": step, "position": position, "taken": taken.tolist(), "micro_batch": 0}
 
 
 def create_loader(
