@@ -206,8 +206,6 @@ def main(fabric: L.Fabric, hparams: Hyperparameters) -> None:
     world = fabric.world_size
     plan = stage_plan(hparams, config, world)
     names = [source.name for source in hparams.train_data]
-    resume_from = claim_out_dir(fabric, hparams)
-
     train_loader = training_data(hparams, config, plan, fabric.global_rank, world)
     train_sources = train_loader.dataset.sources
     val_loader = None
@@ -223,6 +221,7 @@ def main(fabric: L.Fabric, hparams: Hyperparameters) -> None:
         )
     check_tokenizer(config, hparams, train_sources + (val_loader.dataset.sources if val_loader else []))
     fingerprint = {name: blocks.fingerprint() for name, blocks in zip(names, train_sources, strict=True)}
+    resume_from = claim_out_dir(fabric, hparams)
     if fabric.global_rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
         fabric.print(f"Model {config.name or hparams.model_name}: {json.dumps(config.to_dict())}")
@@ -467,6 +466,8 @@ def check_tokenizer(config: Config, hparams: Hyperparameters, sources: list[Shar
 def claim_out_dir(fabric: L.Fabric, hparams: Hyperparameters) -> Path | None:
     """The checkpoint to resume from, after making sure that a new run does not mix with an old one in
     ``out_dir``: a new run there is refused unless ``--overwrite true`` removes the old one."""
+    if hparams.overwrite and hparams.resume is not False:
+        raise ValueError("--overwrite true starts a new run: give it with --resume false")
     existing = complete_checkpoints(hparams.out_dir)
     if hparams.resume is not False or not existing:
         return resume_checkpoint(hparams.resume, hparams.out_dir)

@@ -390,6 +390,8 @@ def test_a_run_directory_belongs_to_one_run(data, tmp_path):
     result = run(train_args(data, out, "--max_steps", "4"))  # resume auto on a finished run
     assert "is finished: step 4 of 4" in result.stdout and "raise --max_steps" in result.stdout
 
+    result = run(train_args(data, out, "--max_steps", "1", "--overwrite", "true"), check=False)
+    assert result.returncode != 0 and "--overwrite true starts a new run: give it with --resume false" in result.stderr
     result = run(train_args(data, out, "--max_steps", "1", "--resume", "false", "--overwrite", "true"))
     assert "removed the previous run's metrics.csv, step-00000002, step-00000004" in result.stdout
     assert sorted(p.name for p in out.glob("step-*")) == ["step-00000001"]

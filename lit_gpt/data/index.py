@@ -120,7 +120,8 @@ def file_sha256(path: Path) -> str:
 
 def shard_names(names: Iterable[str], prefix: str = "") -> list[str]:
     """The shards among a directory listing, sorted; hidden files are pending tokens or temporary files."""
-    return sorted(n for n in names if n.endswith(".bin") and n.startswith(prefix) and not n.startswith("."))
+    shards = [n for n in names if n.endswith(".bin") and n[0] != "."]
+    return sorted([n for n in shards if n.startswith(prefix)] if prefix else shards)
 
 
 def scan_shard(path: Path) -> tuple[int, str, int]:
@@ -169,24 +170,23 @@ def read_directory_index(directory: Path, index_files: Iterable[str], prefix: st
     tables, tokenizers = [], set()
     for name in sorted(index_files):
         index = Index.read(directory / name)
-        keep = [i for i, shard in enumerate(index.shards.names) if shard.startswith(prefix)]
-        if keep:
-            tables.append(index.shards.take(keep))
+        shards = index.shards
+        if prefix:
+            shards = shards.take([i for i, shard in enumerate(shards.names) if shard.startswith(prefix)])
+        if len(shards):
+            tables.append(shards)
             if index.tokenizer_sha256 is not None:
                 tokenizers.add(index.tokenizer_sha256)
-    table = ShardTable.concatenate(tables)
+    table = tables[0] if len(tables) == 1 else ShardTable.concatenate(tables)
+    if len(set(table.names)) == len(table.names):
+        return table, tokenizers
     first: dict[str, int] = {}
-    duplicates = []
     for i, name in enumerate(table.names):
         j = first.setdefault(name, i)
-        if j != i:
-            if (table.tokens[i], table.dtypes[i]) != (table.tokens[j], table.dtypes[j]):
-                message = f"{directory}: the index files disagree about shard {name}; rebuild with index_shards.py"
-                raise ValueError(message)
-            duplicates.append(i)
-    if duplicates:
-        table = table.take(sorted(first.values()))
-    return table, tokenizers
+        if (table.tokens[i], table.dtypes[i]) != (table.tokens[j], table.dtypes[j]):
+            message = f"{directory}: the index files disagree about shard {name}; rebuild with index_shards.py"
+            raise ValueError(message)
+    return table.take(sorted(first.values())), tokenizers
 
 
 @dataclass

@@ -70,12 +70,12 @@ class ShardedBlocks:
         table = self._read_table()
         self.names, self.counts, self.max_ids = table.names, table.tokens, table.max_ids
         self.dtype = np.dtype(table.dtypes[0])
-        for name, dtype in zip(table.names, table.dtypes, strict=True):
-            if np.dtype(dtype).kind not in "iu" or dtype != table.dtypes[0]:
-                raise ValueError(
-                    f"{self.directory / name}: tokens of dtype {dtype}; a dataset needs one integer dtype "
-                    f"({table.dtypes[0]})"
-                )
+        if len(set(table.dtypes)) > 1 or self.dtype.kind not in "iu":
+            odd = next((i for i, dtype in enumerate(table.dtypes) if dtype != table.dtypes[0]), 0)
+            raise ValueError(
+                f"{self.directory / table.names[odd]}: tokens of dtype {table.dtypes[odd]}; a dataset needs one "
+                f"integer dtype ({table.dtypes[0]})"
+            )
         if vocab_size is not None:
             outside = np.flatnonzero(self.max_ids >= vocab_size)
             if outside.size:
@@ -100,16 +100,17 @@ class ShardedBlocks:
 
     def _read_table(self) -> ShardTable:
         """The source's shards in name order, from the index where it has them, else from their headers."""
-        listing = [entry.name for entry in os.scandir(self.directory)]
+        listing = os.listdir(self.directory)
         shards = shard_names(listing, self.prefix)
         if not shards:
             named = f" {self.prefix}*.bin" if self.prefix else " .bin"
             raise FileNotFoundError(f"Dataset directory {self.directory} holds no{named} shards")
         indexed, self.tokenizer_digests = read_directory_index(
-            self.directory, [n for n in listing if is_index_file(n)], self.prefix
+            self.directory, [n for n in listing if n.endswith(".json") and is_index_file(n)], self.prefix
         )
-        present = set(shards)
-        stale = [name for name in indexed.names if name not in present]
+        if indexed.names == shards:  # the usual case: one index, in name order, of every shard
+            return indexed
+        stale = sorted(set(indexed.names).difference(shards))
         if stale:
             raise ValueError(
                 f"{self.directory}: the index lists {len(stale):,} shard(s) that are not there (e.g. {stale[0]}); "
