@@ -6,6 +6,8 @@ import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from lit_gpt.errors import InvalidInput
+
 
 @dataclass
 class Config:
@@ -42,28 +44,28 @@ class Config:
         positive = ("block_size", "vocab_size", "padding_multiple", "n_layer", "n_head", "n_embd")
         for field in (*positive, "n_query_groups", "intermediate_size", "rope_base"):
             if getattr(self, field) <= 0:
-                raise ValueError(f"Config {self.name!r}: {field} must be positive, got {getattr(self, field)}")
+                raise InvalidInput(f"Config {self.name!r}: {field} must be positive, got {getattr(self, field)}")
         if self.n_embd % self.n_head:
-            raise ValueError(
+            raise InvalidInput(
                 f"Config {self.name!r}: n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})"
             )
         if self.n_head % self.n_query_groups:
-            raise ValueError(
+            raise InvalidInput(
                 f"Config {self.name!r}: n_head ({self.n_head}) must be divisible by "
                 f"n_query_groups ({self.n_query_groups})"
             )
         if self.head_size % 2:
-            raise ValueError(
+            raise InvalidInput(
                 f"Config {self.name!r}: head_size = n_embd / n_head = {self.head_size} "
                 "must be even for rotary embeddings"
             )
         if self.padded_vocab_size < self.vocab_size:
-            raise ValueError(
+            raise InvalidInput(
                 f"Config {self.name!r}: padded_vocab_size ({self.padded_vocab_size}) is smaller than "
                 f"vocab_size ({self.vocab_size})"
             )
         if self.norm_eps <= 0:
-            raise ValueError(f"Config {self.name!r}: norm_eps must be positive, got {self.norm_eps}")
+            raise InvalidInput(f"Config {self.name!r}: norm_eps must be positive, got {self.norm_eps}")
 
     @property
     def head_size(self) -> int:
@@ -73,8 +75,8 @@ class Config:
     def from_name(cls, name: str, **overrides: Any) -> Config:
         """The named config, with any field replaced by ``overrides``."""
         if name not in NAMED_CONFIGS:
-            raise ValueError(f"Unknown model name {name!r}; known names: {', '.join(sorted(NAMED_CONFIGS))}")
-        return cls(**{**NAMED_CONFIGS[name], **overrides})
+            raise InvalidInput(f"Unknown model name {name!r}; known names: {', '.join(sorted(NAMED_CONFIGS))}")
+        return cls(**{"name": name, **NAMED_CONFIGS[name], **overrides})
 
     def replace(self, **overrides: Any) -> Config:
         """A copy with some fields changed; a changed vocab size re-derives the padded size."""
@@ -89,7 +91,6 @@ class Config:
 NAMED_CONFIGS: dict[str, dict[str, Any]] = {
     # TinyLlama paper, Table 1: 1,100,048,384 parameters.
     "tiny_LLaMA_1b": dict(
-        name="tiny_LLaMA_1b",
         block_size=2048,
         vocab_size=32000,
         n_layer=22,
@@ -100,7 +101,6 @@ NAMED_CONFIGS: dict[str, dict[str, Any]] = {
     ),
     # The small model of the original TinyLlama code base, for quick GPU experiments.
     "tiny_LLaMA_120M": dict(
-        name="tiny_LLaMA_120M",
         block_size=2048,
         vocab_size=32000,
         n_layer=12,
@@ -111,7 +111,6 @@ NAMED_CONFIGS: dict[str, dict[str, Any]] = {
     ),
     # A CPU-sized model for the demo and the tests; its vocabulary matches assets/tokenizer.
     "tiny_LLaMA_5M": dict(
-        name="tiny_LLaMA_5M",
         block_size=256,
         vocab_size=4096,
         n_layer=4,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from lit_gpt.errors import InvalidInput
 from lit_gpt.model import GPT
 
 
@@ -29,6 +30,22 @@ def sample(
     return int(torch.multinomial(logits.softmax(dim=-1), 1, generator=generator))
 
 
+def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None) -> None:
+    """Refuse settings that would silently sample nonsense (a negative temperature flips the ranking)."""
+    problems = [
+        f"{name} must be {rule}, got {value}"
+        for name, value, bad, rule in (
+            ("max_new_tokens", max_new_tokens, max_new_tokens < 1, "at least 1"),
+            ("temperature", temperature, not temperature >= 0, ">= 0 (0 is greedy)"),
+            ("top_k", top_k, top_k is not None and top_k < 1, "at least 1, or null"),
+            ("top_p", top_p, top_p is not None and not 0 < top_p <= 1, "in (0, 1], or null"),
+        )
+        if bad
+    ]
+    if problems:
+        raise InvalidInput("; ".join(problems))
+
+
 @torch.inference_mode()
 def generate(
     model: GPT,
@@ -41,9 +58,10 @@ def generate(
     generator: torch.Generator | None = None,
 ) -> list[int]:
     """The prompt's continuation (new tokens only), stopping after ``eos_id`` or ``max_new_tokens``."""
+    check_sampling(max_new_tokens, temperature, top_k, top_p)
     total = len(prompt) + max_new_tokens
     if total > model.config.block_size:
-        raise ValueError(
+        raise InvalidInput(
             f"Prompt ({len(prompt)} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's block_size "
             f"{model.config.block_size}"
         )

@@ -13,11 +13,12 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 from lit_gpt.config import Config
+from lit_gpt.errors import InvalidInput
 
 # Dense bf16 tensor-core peaks, FLOP/s, from the vendors' data sheets (SXM parts).
 PEAK_BF16_FLOPS = {"A100": 312e12, "H100": 989e12, "H200": 989e12}
@@ -81,53 +82,100 @@ def format_eta(seconds: float) -> str:
     return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
 
-class MetricsLogger:
-    """Rows to ``out_dir/metrics.csv`` (always), and to wandb or TensorBoard when chosen.
+class MetricLogger(Protocol):
+    """Where metrics go: every metric given to ``log`` is recorded under its name at ``step``."""
 
-    On resume the CSV keeps the rows up to the resumed step and drops later ones, which the crashed
-    run wrote but will be trained again. Floats are written with ``repr`` so they read back exactly.
+    def log(self, metrics: dict[str, Any], step: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class CSVLogger:
+    """``out_dir/metrics.csv``: one row per call, every metric a column (a new one widens the file once).
+
+    On resume the file keeps the rows up to the resumed step and drops later ones, which the crashed run
+    wrote but will be trained again. Floats are written with ``repr`` so they read back exactly.
     """
 
-    def __init__(self, out_dir: Path, logger: str, resume_step: int, run_config: dict[str, Any]) -> None:
-        self.path = out_dir / "metrics.csv"
+    def __init__(self, path: Path, resume_step: int) -> None:
+        self.path, self.columns = path, list(CSV_COLUMNS)
         rows = []
-        if self.path.exists() and resume_step > 0:
-            with open(self.path, newline="") as f:
-                rows = [row for row in csv.DictReader(f) if int(row["step"]) <= resume_step]
-        with open(self.path, "w", newline="") as f:
-            writer = csv.DictWriter(f, CSV_COLUMNS)
+        if path.exists() and resume_step > 0:
+            with open(path, newline="") as f:
+                reader = csv.DictReader(f)
+                self.columns += [c for c in reader.fieldnames or [] if c not in self.columns]
+                rows = [row for row in reader if int(row["step"]) <= resume_step]
+        self._rewrite(rows)
+
+    def _rewrite(self, rows: list[dict[str, Any]]) -> None:
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, self.columns)
             writer.writeheader()
             writer.writerows(rows)
-        self.backend = None
-        if logger in ("wandb", "tensorboard"):
-            package = "wandb" if logger == "wandb" else "tensorboard"
-            if importlib.util.find_spec(package) is None:
-                raise ModuleNotFoundError(
-                    f"--logger {logger} needs the {package} package: pip install -e '.[{package}]'"
-                )
-        if logger == "wandb":
-            import wandb
+        os.replace(tmp, self.path)
 
-            mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
-            self.backend = wandb.init(project="tinyllama", dir=str(out_dir), config=run_config, mode=mode)
-        elif logger == "tensorboard":
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.backend = SummaryWriter(log_dir=str(out_dir / "tensorboard"))
-        elif logger != "csv":
-            raise ValueError(f"Unknown logger {logger!r}; choose csv, wandb or tensorboard")
-
-    def log(self, row: dict[str, Any]) -> None:
+    def log(self, metrics: dict[str, Any], step: int) -> None:
+        row = {"step": step} | {k: repr(v) if isinstance(v, float) else v for k, v in metrics.items() if v is not None}
+        new = [column for column in row if column not in self.columns]
+        if new:
+            with open(self.path, newline="") as f:
+                rows = list(csv.DictReader(f))
+            self.columns += new
+            self._rewrite(rows)
         with open(self.path, "a", newline="") as f:
-            writer = csv.DictWriter(f, CSV_COLUMNS, extrasaction="ignore")
-            writer.writerow({k: repr(v) if isinstance(v, float) else v for k, v in row.items() if v is not None})
-        numbers = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "step"}
-        if self.backend is not None and hasattr(self.backend, "add_scalar"):
-            for key, value in numbers.items():
-                self.backend.add_scalar(key, value, row["step"])
-        elif self.backend is not None:
-            self.backend.log(numbers, step=row["step"])
+            csv.DictWriter(f, self.columns).writerow(row)
 
     def close(self) -> None:
-        if self.backend is not None:
-            self.backend.close() if hasattr(self.backend, "add_scalar") else self.backend.finish()
+        pass
+
+
+class WandbLogger:
+    """Weights & Biases; offline (files under out_dir/wandb) unless WANDB_API_KEY is set."""
+
+    def __init__(self, out_dir: Path, run_config: dict[str, Any]) -> None:
+        import wandb
+
+        mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
+        self.run = wandb.init(project="tinyllama", dir=str(out_dir), config=run_config, mode=mode)
+
+    def log(self, metrics: dict[str, Any], step: int) -> None:
+        self.run.log(numeric(metrics), step=step)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+class TensorBoardLogger:
+    """TensorBoard event files under out_dir/tensorboard."""
+
+    def __init__(self, out_dir: Path) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(out_dir / "tensorboard"))
+
+    def log(self, metrics: dict[str, Any], step: int) -> None:
+        for name, value in numeric(metrics).items():
+            self.writer.add_scalar(name, value, step)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def numeric(metrics: dict[str, Any]) -> dict[str, float]:
+    """The metrics that dashboards can plot (a stage name, say, is for the CSV only)."""
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def create_loggers(out_dir: Path, logger: str, resume_step: int, run_config: dict[str, Any]) -> list[MetricLogger]:
+    """The CSV logger, always, and the dashboard that ``logger`` names (csv, wandb or tensorboard)."""
+    if logger not in ("csv", "wandb", "tensorboard"):
+        raise InvalidInput(f"Unknown logger {logger!r}; choose csv, wandb or tensorboard")
+    if logger != "csv" and importlib.util.find_spec(logger) is None:
+        raise InvalidInput(f"--logger {logger} needs the {logger} package: pip install -e '.[{logger}]'")
+    loggers: list[MetricLogger] = [CSVLogger(out_dir / "metrics.csv", resume_step)]
+    if logger == "wandb":
+        loggers.append(WandbLogger(out_dir, run_config))
+    elif logger == "tensorboard":
+        loggers.append(TensorBoardLogger(out_dir))
+    return loggers

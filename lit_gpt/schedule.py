@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lit_gpt.errors import InvalidInput
+
 
 def cosine_lr(step: int, max_lr: float, min_lr: float, warmup_steps: int, max_steps: int) -> float:
     """Linear warmup to ``max_lr`` over ``warmup_steps`` steps, then cosine decay to ``min_lr``.
@@ -54,7 +56,7 @@ class StagePlan:
 
     def __init__(self, stages: list[Stage], sources: dict[str, float], global_batch_size: int, block_size: int) -> None:
         if not stages:
-            raise ValueError("A run needs at least one stage")
+            raise InvalidInput("A run needs at least one stage")
         self.sources = list(sources)
         self.block_size = block_size
         self.stages, self.batch_sizes, self.mixtures = stages, [], []
@@ -62,11 +64,11 @@ class StagePlan:
         for stage in stages:
             batch = stage.global_batch_size or global_batch_size
             if stage.tokens <= 0 or batch <= 0:
-                raise ValueError(f"Stage {stage.name!r} needs a positive token budget and batch size")
+                raise InvalidInput(f"Stage {stage.name!r} needs a positive token budget and batch size")
             for mixture in (stage.weights, stage.ramp_from):
                 unknown = set(mixture or {}) - set(sources)
                 if unknown:
-                    raise ValueError(f"Stage {stage.name!r} names unknown data sources {sorted(unknown)}")
+                    raise InvalidInput(f"Stage {stage.name!r} names unknown data sources {sorted(unknown)}")
             steps = math.ceil(stage.tokens / (batch * block_size))
             self.batch_sizes.append(batch)
             self.mixtures.append(self._vector(stage.weights or sources))

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import sentencepiece as spm
 
+from lit_gpt.errors import InvalidInput, MissingInput
+
 
 class Tokenizer:
     """Wraps a SentencePiece ``tokenizer.model``; ``path`` is the file or a directory that holds it."""
@@ -16,17 +18,17 @@ class Tokenizer:
         if path.is_dir():
             path = path / "tokenizer.model"
         if not path.is_file():
-            raise FileNotFoundError(f"No SentencePiece tokenizer model at {path}")
+            raise MissingInput(f"No SentencePiece tokenizer model at {path}")
         self.path = path
         self.processor = spm.SentencePieceProcessor()
         try:
             self.processor.Load(str(path))
         except (OSError, RuntimeError) as error:
-            raise ValueError(f"{path} is not a valid SentencePiece model: {error}") from None
+            raise InvalidInput(f"{path} is not a valid SentencePiece model: {error}") from None
         self.bos_id = self.processor.bos_id()
         self.eos_id = self.processor.eos_id()
         if self.bos_id < 0 or self.eos_id < 0:
-            raise ValueError(f"{path} defines no BOS or EOS token; pretraining needs both")
+            raise InvalidInput(f"{path} defines no BOS or EOS token; pretraining needs both")
 
     @property
     def vocab_size(self) -> int:

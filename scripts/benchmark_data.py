@@ -31,10 +31,10 @@ from pathlib import Path
 
 import numpy as np
 import zstandard
-from jsonargparse import CLI
 from tqdm import tqdm
 
 from lit_gpt import Tokenizer
+from lit_gpt.cli import run
 from lit_gpt.data.corpora import Skips, read_slimpajama, slimpajama_files
 from lit_gpt.data.index import INDEX_SUFFIX, Index, ShardTable
 from lit_gpt.data.loader import create_loader
@@ -272,4 +272,4 @@ def read(path: Path, skips: Skips):
 
 
 if __name__ == "__main__":
-    CLI(benchmark_data, as_positional=False)
+    run(benchmark_data)

@@ -21,10 +21,10 @@ import time
 from pathlib import Path
 
 import torch
-from jsonargparse import CLI
 
 from lit_gpt import GPT, Config
-from lit_gpt.checkpoint import hf_llama_config
+from lit_gpt.cli import run
+from lit_gpt.hf import hf_llama_config
 from lit_gpt.monitor import flops_per_token, peak_flops
 
 CPU_COMPARISON = {"n_layer": 4, "n_embd": 256, "n_head": 8, "n_query_groups": 2, "intermediate_size": 704}
@@ -164,4 +164,4 @@ def benchmark_train(
 
 
 if __name__ == "__main__":
-    CLI(benchmark_train, as_positional=False)
+    run(benchmark_train)

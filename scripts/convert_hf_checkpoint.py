@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from jsonargparse import CLI
 from safetensors.torch import save_file
 
-from lit_gpt.checkpoint import check_state_dict, config_from_hf, hf_to_lit, read_hf_weights, write_atomically
+from lit_gpt.checkpoint import write_atomically
+from lit_gpt.cli import run
+from lit_gpt.hf import read_hf_model
 
 
 def convert_hf_checkpoint(
@@ -29,20 +30,7 @@ def convert_hf_checkpoint(
         output_dir: the lit checkpoint directory to create (must not exist or be empty).
         dtype: cast the weights; default: keep the stored dtype.
     """
-    config_path = checkpoint_dir / "config.json"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"No config.json in {checkpoint_dir}")
-    hf_config = json.loads(config_path.read_text())
-    config = config_from_hf(hf_config, config_path)
-    weights = {k: v for k, v in read_hf_weights(checkpoint_dir).items() if not k.endswith("rotary_emb.inv_freq")}
-    if (
-        "lm_head.weight" not in weights
-        and hf_config.get("tie_word_embeddings")
-        and "model.embed_tokens.weight" in weights
-    ):
-        weights["lm_head.weight"] = weights["model.embed_tokens.weight"].clone()  # our output head is untied
-    state_dict = hf_to_lit(weights, config)
-    check_state_dict(state_dict, config, checkpoint_dir)
+    config, state_dict = read_hf_model(checkpoint_dir)
     cast = getattr(torch, dtype) if dtype else None
 
     def write(directory: Path) -> None:
@@ -58,4 +46,4 @@ def convert_hf_checkpoint(
 
 
 if __name__ == "__main__":
-    CLI(convert_hf_checkpoint, as_positional=False)
+    run(convert_hf_checkpoint)

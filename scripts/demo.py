@@ -17,11 +17,13 @@ import sys
 import time
 from pathlib import Path
 
-from jsonargparse import CLI
+from lit_gpt.cli import run
+from lit_gpt.errors import OutputExists
 
 REPO = Path(__file__).resolve().parents[1]
 TOKENIZER = REPO / "assets" / "tokenizer"
 CHUNK = str(257 * 1024)  # shards of 1024 blocks of the demo model's block_size + 1
+MARKER = ".made-by-demo"  # in each folder the demo made, so that a rerun may replace it
 
 
 def step(title: str, *command: str) -> None:
@@ -31,17 +33,37 @@ def step(title: str, *command: str) -> None:
     print(f"--- done in {time.perf_counter() - start:.0f} s", flush=True)
 
 
-def demo(data_dir: Path = Path("data/demo"), out_dir: Path = Path("out/demo"), max_steps: int | None = None) -> None:
-    """Run the demo; everything it writes goes under ``data_dir`` and ``out_dir`` (both replaced).
+def claim(directory: Path, overwrite: bool) -> None:
+    """Make ``directory`` empty for the demo: a folder that an earlier demo made is replaced; any other
+    non-empty folder (a real corpus, say) only with ``overwrite``."""
+    if directory.exists() and any(directory.iterdir()):
+        if not (directory / MARKER).is_file() and not overwrite:
+            raise OutputExists(
+                f"{directory} is not empty and was not made by the demo; choose another folder, or pass "
+                "--overwrite true to delete what it holds"
+            )
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / MARKER).touch()
+
+
+def demo(
+    data_dir: Path = Path("data/demo"),
+    out_dir: Path = Path("out/demo"),
+    max_steps: int | None = None,
+    overwrite: bool = False,
+) -> None:
+    """Run the demo; everything it writes goes under ``data_dir`` and ``out_dir``.
 
     Args:
-        data_dir: sample corpus and shards.
-        out_dir: checkpoints, metrics, plot and the Hugging Face model.
+        data_dir: sample corpus and shards; replaced if an earlier demo made it.
+        out_dir: checkpoints, metrics, plot and the Hugging Face model; replaced if an earlier demo made it.
         max_steps: training steps; default: the recipe's.
+        overwrite: also delete the contents of a non-empty data_dir or out_dir that the demo did not make.
     """
     data_dir, out_dir = (REPO / data_dir).resolve(), (REPO / out_dir).resolve()
     for directory in (data_dir, out_dir):
-        shutil.rmtree(directory, ignore_errors=True)
+        claim(directory, overwrite)
     started = time.perf_counter()
     sample = data_dir / "sample"
     step("1/6 sample corpus", "scripts/make_sample_corpus.py", "--destination", str(sample))
@@ -116,4 +138,4 @@ def demo(data_dir: Path = Path("data/demo"), out_dir: Path = Path("out/demo"), m
 
 
 if __name__ == "__main__":
-    CLI(demo, as_positional=False)
+    run(demo)

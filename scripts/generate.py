@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from jsonargparse import CLI
 
 from lit_gpt import GPT
 from lit_gpt.checkpoint import check_state_dict, find_tokenizer, load_model_weights, read_model_config
-from lit_gpt.generation import generate
+from lit_gpt.cli import run
+from lit_gpt.errors import MissingInput
+from lit_gpt.generation import check_sampling, generate
 
 
 def main(
@@ -32,8 +33,9 @@ def main(
         top_k: sample only among the k most likely tokens.
         top_p: sample only among the most likely tokens whose probabilities add up to p.
         seed: makes sampling repeatable.
-        tokenizer_path: default: the checkpoint's own tokenizer, or the one its training run recorded.
+        tokenizer_path: default: the copy of the tokenizer that the checkpoint carries.
     """
+    check_sampling(max_new_tokens, temperature, top_k, top_p)  # before the minutes that loading may take
     config = read_model_config(checkpoint_dir)
     weights = load_model_weights(checkpoint_dir)
     check_state_dict(weights, config, checkpoint_dir)
@@ -42,7 +44,7 @@ def main(
     model.eval()
     tokenizer = find_tokenizer(checkpoint_dir, tokenizer_path)
     if tokenizer is None:
-        raise FileNotFoundError(f"No tokenizer found for {checkpoint_dir}: pass --tokenizer_path")
+        raise MissingInput(f"No tokenizer found for {checkpoint_dir}: pass --tokenizer_path")
     prompt_ids = tokenizer.encode(prompt)
     generator = torch.Generator().manual_seed(seed)
     new = generate(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, tokenizer.eos_id, generator)
@@ -52,4 +54,4 @@ def main(
 
 
 if __name__ == "__main__":
-    CLI(main, as_positional=False)
+    run(main)

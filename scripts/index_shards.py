@@ -10,8 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from jsonargparse import CLI
-
+from lit_gpt.cli import run
 from lit_gpt.data.index import index_directory
 
 
@@ -36,4 +35,4 @@ def index_shards(
 
 
 if __name__ == "__main__":
-    CLI(index_shards, as_positional=False)
+    run(index_shards)

@@ -20,7 +20,8 @@ from pydoc_data.topics import topics
 import pyarrow as pa
 import pyarrow.parquet as pq
 import zstandard
-from jsonargparse import CLI
+
+from lit_gpt.cli import run
 
 SKIPPED_DIRS = {"site-packages", "test", "tests", "idlelib", "__pycache__"}
 
@@ -97,4 +98,4 @@ def make_sample_corpus(
 
 
 if __name__ == "__main__":
-    CLI(make_sample_corpus, as_positional=False)
+    run(make_sample_corpus)

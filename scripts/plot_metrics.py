@@ -5,7 +5,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from jsonargparse import CLI
+from lit_gpt.cli import run
+from lit_gpt.errors import InvalidInput
 
 
 def plot_metrics(metrics_path: Path, output: Path | None = None) -> Path:
@@ -26,7 +27,7 @@ def plot_metrics(metrics_path: Path, output: Path | None = None) -> Path:
     val = [(int(r["tokens"]), float(r["val_loss"])) for r in rows if r["val_loss"]]
     lr = [(int(r["tokens"]), float(r["lr"])) for r in rows if r["lr"]]
     if not train:
-        raise ValueError(f"{metrics_path} has no training-loss rows to plot")
+        raise InvalidInput(f"{metrics_path} has no training-loss rows to plot")
 
     figure, loss_axis = plt.subplots(figsize=(8, 4.5))
     loss_axis.plot(*zip(*train, strict=True), label="train loss", color="tab:blue")
@@ -49,4 +50,4 @@ def plot_metrics(metrics_path: Path, output: Path | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    CLI(plot_metrics, as_positional=False)
+    run(plot_metrics)

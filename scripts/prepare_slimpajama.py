@@ -5,8 +5,7 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
-from jsonargparse import CLI
-
+from lit_gpt.cli import run
 from lit_gpt.data.corpora import read_slimpajama, slimpajama_files
 from lit_gpt.data.prepare import prepare_and_exit
 
@@ -60,4 +59,4 @@ def prepare(
 
 
 if __name__ == "__main__":
-    CLI(prepare, as_positional=False)
+    run(prepare)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from jsonargparse import CLI
-
+from lit_gpt.cli import run
 from lit_gpt.data.corpora import read_starcoder, starcoder_files
 from lit_gpt.data.prepare import prepare_and_exit
 
@@ -57,4 +56,4 @@ def prepare(
 
 
 if __name__ == "__main__":
-    CLI(prepare, as_positional=False)
+    run(prepare)

@@ -11,25 +11,14 @@ paper's recipe) and reads only the step's own blocks.
 from __future__ import annotations
 
 import copy
-import importlib.util
-import sys
 from pathlib import Path
 
-from jsonargparse import CLI, ActionConfigFile, ArgumentParser
 from tqdm import tqdm
 
-from lit_gpt import Config, Tokenizer
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def training_script():
-    """pretrain/tinyllama.py as a module: the recipe is read exactly as training reads it."""
-    spec = importlib.util.spec_from_file_location("tinyllama", REPO / "pretrain" / "tinyllama.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while being defined
-    spec.loader.exec_module(module)
-    return module
+from lit_gpt import Tokenizer
+from lit_gpt.cli import run
+from lit_gpt.errors import InvalidInput
+from lit_gpt.run import RunConfig
 
 
 def show_batch(
@@ -39,49 +28,42 @@ def show_batch(
     source, shard and block, its first token ids and the start of its text.
 
     Args:
-        recipe: a training recipe (pretrain/configs/*.yaml), read with the training script's defaults.
+        recipe: a training recipe (pretrain/configs/*.yaml), read as the training script reads it.
         step: the optimizer step (0 is the first).
         world_size: the number of ranks to lay the batch out for; default: the recipe's devices x num_nodes.
         tokens_shown: token ids printed per row.
         chars_shown: characters of decoded text printed per row.
     """
-    script = training_script()
-    parser = ArgumentParser()
-    parser.add_argument("--config", action=ActionConfigFile)
-    parser.add_function_arguments(script.setup)
-    arguments = parser.instantiate(parser.parse_args(["--config", str(recipe)])).as_dict()
-    arguments.pop("config")
-    hparams = script.hyperparameters(**arguments)
-    hparams.num_workers = 0
-    config = Config.from_name(hparams.model_name, **hparams.model_config)
+    settings = RunConfig.from_recipe(recipe, "--num_workers", "0")
+    config = settings.model()
     if world_size is None:
-        world_size = hparams.devices * hparams.num_nodes if isinstance(hparams.devices, int) else 1
-    plan = script.stage_plan(hparams, config, world_size)
+        world_size = settings.devices * settings.num_nodes if isinstance(settings.devices, int) else 1
+    plan = settings.stage_plan(config, world_size)
     if not 0 <= step < plan.max_steps:
-        raise ValueError(f"--step must be in [0, {plan.max_steps}) for this recipe, got {step}")
+        raise InvalidInput(f"--step must be in [0, {plan.max_steps}) for this recipe, got {step}")
 
-    dataset = script.training_data(hparams, config, plan, 0, world_size).dataset
+    dataset = settings.training_loader(config, plan, 0, world_size).dataset
     position = plan.positions_before(step)
     with tqdm(total=position, unit="position", desc="counting earlier draws", disable=position < 10**7) as bar:
         state = dataset.state_at(step, position, bar.update)
     drawn, numbers, _ = dataset.step_positions(step, position, state["taken"])
     size = len(drawn)
-    names = [source.name for source in hparams.train_data]
+    names = [source.name for source in settings.train_data]
     weights = ", ".join(
         f"{name} {w:.4f}" for name, w in zip(names, plan.weights(position * config.block_size), strict=True)
     )
     print(
         f"step {step:,} (stage {plan.stages[plan.stage_index(step)].name}): {size} sequences, positions "
         f"{position:,}-{position + size - 1:,}, after {plan.tokens_before(step):,} tokens; mixture {weights}; "
-        f"{world_size} rank(s) x {size // world_size // hparams.micro_batch_size} micro-batch(es) of "
-        f"{hparams.micro_batch_size}"
+        f"{world_size} rank(s) x {size // world_size // settings.micro_batch_size} micro-batch(es) of "
+        f"{settings.micro_batch_size}"
     )
-    tokenizer = Tokenizer(hparams.tokenizer_path) if hparams.tokenizer_path else None
+    tokenizer = Tokenizer(settings.tokenizer_path) if settings.tokenizer_path else None
     for rank in range(world_size):
         view = copy.copy(dataset)  # the same sources, read as another rank
         view.rank, view.state = rank, state
         batches = iter(view)
-        for micro in range(size // world_size // hparams.micro_batch_size):
+        for micro in range(size // world_size // settings.micro_batch_size):
             batch, _ = next(batches)
             for row, offset in zip(batch.tolist(), view.micro_batch_offsets(size, micro), strict=True):
                 source = dataset.sources[drawn[offset]]
@@ -94,4 +76,4 @@ def show_batch(
 
 
 if __name__ == "__main__":
-    CLI(show_batch, as_positional=False)
+    run(show_batch)

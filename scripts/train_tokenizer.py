@@ -16,8 +16,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import sentencepiece as spm
-from jsonargparse import CLI
 from tqdm import tqdm
+
+from lit_gpt.cli import run
+from lit_gpt.errors import MissingInput
 
 # Llama 2's trainer_spec and normalizer_spec, as recorded in its tokenizer.model.
 LLAMA2_OPTIONS = dict(
@@ -51,9 +53,9 @@ def text_files(inputs: list[Path], pattern: str, exclude: list[str]) -> list[Pat
         elif path.is_file():
             files.append(path)
         else:
-            raise FileNotFoundError(f"Input {path} does not exist")
+            raise MissingInput(f"Input {path} does not exist")
     if not files:
-        raise FileNotFoundError(f"No files matching {pattern!r} under {', '.join(map(str, inputs))}")
+        raise MissingInput(f"No files matching {pattern!r} under {', '.join(map(str, inputs))}")
     return files
 
 
@@ -110,4 +112,4 @@ def train_tokenizer(
 
 
 if __name__ == "__main__":
-    CLI(train_tokenizer, as_positional=False)
+    run(train_tokenizer)

@@ -65,7 +65,3 @@ def load_script(relative_path: str):
     sys.modules[spec.name] = module  # dataclasses look their module up while being defined
     spec.loader.exec_module(module)
     return module
-
-
-def load_pretrain_script():
-    return load_script("pretrain/tinyllama.py")

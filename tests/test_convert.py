@@ -1,6 +1,7 @@
 """lit <-> Hugging Face conversion, checked against transformers, and generation against its generate()."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -46,6 +47,11 @@ def test_lit_to_hf_loads_in_transformers_with_the_same_logits_and_tokens(tmp_pat
     assert {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json"} <= {
         p.name for p in (tmp_path / "hf").iterdir()
     }
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "hf").iterdir()} == {
+        p.name: 0o666 & ~umask for p in (tmp_path / "hf").iterdir()
+    }  # safetensors alone would make model.safetensors 0600
     theirs = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", attn_implementation="eager").eval()
     idx = torch.randint(0, GQA.vocab_size, (2, 40))
     with torch.no_grad():

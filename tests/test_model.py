@@ -5,7 +5,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from lit_gpt import GPT, Config, kernels
-from lit_gpt.checkpoint import hf_to_lit, lit_to_hf
+from lit_gpt.hf import hf_to_lit, lit_to_hf
 
 GQA = Config(
     block_size=64,

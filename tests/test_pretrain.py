@@ -10,6 +10,7 @@ import struct
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +21,10 @@ from lit_gpt import GPT, Config
 from lit_gpt.checkpoint import load_model_weights
 from lit_gpt.data.index import index_directory
 from lit_gpt.data.shards import write_shard
+from lit_gpt.run import DataSource, RunConfig
 from lit_gpt.schedule import Stage
 
-from conftest import DEMO_TOKENIZER, REPO_ROOT, load_pretrain_script
+from conftest import DEMO_TOKENIZER, REPO_ROOT
 
 SCRIPT = REPO_ROOT / "pretrain" / "tinyllama.py"
 TINY = "{n_layer: 2, n_embd: 64, n_head: 4, n_query_groups: 2, intermediate_size: 128, block_size: 32}"
@@ -204,10 +206,9 @@ def test_shards_of_another_tokenizer_are_refused(data, tmp_path):
 
 
 def test_startup_checks():
-    script = load_pretrain_script()
-    hparams = script.Hyperparameters(
+    hparams = RunConfig(
         model_name="tiny_LLaMA_5M",
-        train_data=[script.DataSource("a", Path("a"), 1.0)],
+        train_data=[DataSource("a", Path("a"), 1.0)],
         max_tokens=None,
         max_steps=10,
         stages=None,
@@ -217,17 +218,17 @@ def test_startup_checks():
     )
     config = Config.from_name("tiny_LLaMA_5M")
     with pytest.raises(ValueError, match="global batch size 12 is not a multiple of world size 1 x micro-batch size 8"):
-        script.stage_plan(hparams, config, world_size=1)
-    hparams.global_batch_size = 16
-    assert script.stage_plan(hparams, config, world_size=2).max_steps == 10
-    hparams.stages = [Stage("s", tokens=100, global_batch_size=24)]
+        hparams.stage_plan(config, world_size=1)
+    hparams = replace(hparams, global_batch_size=16)
+    assert hparams.stage_plan(config, world_size=2).max_steps == 10
+    hparams = replace(hparams, stages=[Stage("s", tokens=100, global_batch_size=24)])
     with pytest.raises(ValueError, match="Stage 's': global batch size 24 is not a multiple of world size 2"):
-        script.stage_plan(hparams, config, world_size=2)
-    hparams.max_steps, hparams.stages = None, None
+        hparams.stage_plan(config, world_size=2)
+    hparams = replace(hparams, max_steps=None, stages=None)
     with pytest.raises(ValueError, match="exactly one of --max_tokens and --max_steps"):
-        script.stage_plan(hparams, config, world_size=1)
+        hparams.stage_plan(config, world_size=1)
     with pytest.raises(ValueError, match="has 4096 tokens but model tiny_LLaMA_5M only 1000"):
-        script.check_tokenizer(config.replace(vocab_size=1000), hparams, [])
+        hparams.check_tokenizer(config.replace(vocab_size=1000), [])
 
 
 @pytest.mark.slow

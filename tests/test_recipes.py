@@ -3,27 +3,18 @@
 from pathlib import Path
 
 import pytest
-from jsonargparse import ArgumentParser
 
-from lit_gpt import Config
+from lit_gpt.run import RunConfig
 
-from conftest import REPO_ROOT, load_pretrain_script
+from conftest import REPO_ROOT
 
 CONFIGS = REPO_ROOT / "pretrain" / "configs"
 
 
 def recipe(name: str):
-    module = load_pretrain_script()
-    parser = ArgumentParser()
-    parser.add_function_arguments(module.setup)
-    parsed = parser.parse_path(str(CONFIGS / name))
-    init = parser.instantiate(parsed)
-    hparams = module.Hyperparameters(**{k: v for k, v in vars(init).items() if k != "__path__"})
-    hparams.model_config = hparams.model_config or {}
-    hparams.train_data = hparams.train_data or list(module.TINYLLAMA_MIXTURE)
-    config = Config.from_name(hparams.model_name, **hparams.model_config)
+    hparams = RunConfig.from_recipe(CONFIGS / name)
     world = (hparams.devices if isinstance(hparams.devices, int) else 1) * hparams.num_nodes
-    return hparams, module.stage_plan(hparams, config, world)
+    return hparams, hparams.stage_plan(hparams.model(), world)
 
 
 def test_v1_is_the_paper_run():

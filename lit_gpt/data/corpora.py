@@ -18,6 +18,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import zstandard
 
+from lit_gpt.errors import MissingInput
+
 MAX_EXAMPLES = 5
 READ_SIZE = 1 << 20
 
@@ -47,16 +49,23 @@ class Skips:
 
 
 def slimpajama_files(source_path: Path, split: str) -> list[Path]:
-    return sorted((source_path / split).glob("chunk*/*.jsonl.zst"))
+    files = sorted((source_path / split).glob("chunk*/*.jsonl.zst"))
+    if not files:
+        raise MissingInput(
+            f"No input files for the slimpajama {split} split: nothing matches {source_path / split}/chunk*/*.jsonl.zst"
+        )
+    return files
 
 
 def starcoder_files(source_path: Path, languages: list[str] | None) -> list[Path]:
-    if languages is None:
-        return sorted(source_path.glob("*/*.parquet"))
-    missing = [language for language in languages if not (source_path / language).is_dir()]
+    missing = [language for language in languages or [] if not (source_path / language).is_dir()]
     if missing:
-        raise FileNotFoundError(f"No StarCoder language directory {source_path / missing[0]}")
-    return sorted(path for language in languages for path in (source_path / language).glob("*.parquet"))
+        raise MissingInput(f"No StarCoder language directory {source_path / missing[0]}")
+    patterns = [f"{language}/*.parquet" for language in languages] if languages else ["*/*.parquet"]
+    files = sorted(path for pattern in patterns for path in source_path.glob(pattern))
+    if not files:
+        raise MissingInput(f"No input files for starcoder: nothing matches {source_path}/{' or '.join(patterns)}")
+    return files
 
 
 def _encodable(text: str) -> bool:

@@ -31,6 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 from lit_gpt.data.shards import read_header, read_shard
+from lit_gpt.errors import InvalidInput, MissingInput
 
 INDEX_VERSION = 1
 INDEX_NAME = "index.json"
@@ -102,13 +103,13 @@ class Index:
         try:
             content = json.loads(path.read_text())
             if content.get("version") != INDEX_VERSION:
-                raise ValueError(f"unsupported index version {content.get('version')!r} (expected {INDEX_VERSION})")
+                raise InvalidInput(f"unsupported index version {content.get('version')!r} (expected {INDEX_VERSION})")
             names, tokens, dtypes, max_ids = (content[k] for k in ("names", "tokens", "dtypes", "max_ids"))
             if not len(names) == len(tokens) == len(dtypes) == len(max_ids):
-                raise ValueError("its columns differ in length")
+                raise InvalidInput("its columns differ in length")
         except (ValueError, KeyError, TypeError) as error:
             message = f"{path}: not a usable shard index ({error}); rebuild it with scripts/index_shards.py"
-            raise ValueError(message) from None
+            raise InvalidInput(message) from None
         table = ShardTable(names, np.array(tokens, dtype=np.int64), dtypes, np.array(max_ids, dtype=np.int64))
         return cls(table, content.get("tokenizer_sha256"))
 
@@ -136,7 +137,7 @@ def index_directory(
     """Read every shard of ``directory`` (with ``prefix``) once and write ``index.json`` for them."""
     names = shard_names(os.listdir(directory), prefix)
     if not names:
-        raise FileNotFoundError(f"{directory} holds no{' ' + prefix + '*' if prefix else ''} .bin shards to index")
+        raise MissingInput(f"{directory} holds no{' ' + prefix + '*' if prefix else ''} .bin shards to index")
     paths = [directory / name for name in names]
     with multiprocessing.get_context("spawn").Pool(num_workers) if num_workers > 1 else nullcontext() as pool:
         scanned = pool.imap(scan_shard, paths, chunksize=16) if pool else map(scan_shard, paths)
@@ -185,7 +186,7 @@ def read_directory_index(directory: Path, index_files: Iterable[str], prefix: st
         j = first.setdefault(name, i)
         if (table.tokens[i], table.dtypes[i]) != (table.tokens[j], table.dtypes[j]):
             message = f"{directory}: the index files disagree about shard {name}; rebuild with index_shards.py"
-            raise ValueError(message)
+            raise InvalidInput(message)
     return table.take(sorted(first.values())), tokenizers
 
 

@@ -36,6 +36,7 @@ from lit_gpt.data.index import (
     shard_names,
 )
 from lit_gpt.data.shards import read_shard
+from lit_gpt.errors import InvalidInput, MissingInput
 
 # Mixture weights: one weight per source, or a function from an array of token counts (n,) to the
 # weights at each of them (n, sources), for stages whose mixture ramps in.
@@ -66,13 +67,13 @@ class ShardedBlocks:
         self.directory, self.prefix, self.vocab_size = Path(directory), prefix, vocab_size
         self.block_tokens, self.seed, self.window = block_size + 1, seed, window
         if not self.directory.is_dir():
-            raise FileNotFoundError(f"Dataset directory {self.directory} does not exist")
+            raise MissingInput(f"Dataset directory {self.directory} does not exist")
         table = self._read_table()
         self.names, self.counts, self.max_ids = table.names, table.tokens, table.max_ids
         self.dtype = np.dtype(table.dtypes[0])
         if len(set(table.dtypes)) > 1 or self.dtype.kind not in "iu":
             odd = next((i for i, dtype in enumerate(table.dtypes) if dtype != table.dtypes[0]), 0)
-            raise ValueError(
+            raise InvalidInput(
                 f"{self.directory / table.names[odd]}: tokens of dtype {table.dtypes[odd]}; a dataset needs one "
                 f"integer dtype ({table.dtypes[0]})"
             )
@@ -80,7 +81,7 @@ class ShardedBlocks:
             outside = np.flatnonzero(self.max_ids >= vocab_size)
             if outside.size:
                 first = outside[0]
-                raise ValueError(
+                raise InvalidInput(
                     f"{self.directory / self.names[first]}: token id {self.max_ids[first]} is outside the model's "
                     f"vocabulary of {vocab_size} ({outside.size} shard(s) of {self.directory} are); were these "
                     "shards made with another tokenizer?"
@@ -88,7 +89,7 @@ class ShardedBlocks:
         self.blocks_per_shard = self.counts // self.block_tokens
         self.num_blocks = int(self.blocks_per_shard.sum())
         if self.num_blocks == 0:
-            raise ValueError(f"No shard in {self.directory} holds a whole block of {self.block_tokens} tokens")
+            raise InvalidInput(f"No shard in {self.directory} holds a whole block of {self.block_tokens} tokens")
         unused = int((self.counts % self.block_tokens).sum())
         if unused:
             warnings.warn(
@@ -104,7 +105,7 @@ class ShardedBlocks:
         shards = shard_names(listing, self.prefix)
         if not shards:
             named = f" {self.prefix}*.bin" if self.prefix else " .bin"
-            raise FileNotFoundError(f"Dataset directory {self.directory} holds no{named} shards")
+            raise MissingInput(f"Dataset directory {self.directory} holds no{named} shards")
         indexed, self.tokenizer_digests = read_directory_index(
             self.directory, [n for n in listing if n.endswith(".json") and is_index_file(n)], self.prefix
         )
@@ -112,7 +113,7 @@ class ShardedBlocks:
             return indexed
         stale = sorted(set(indexed.names).difference(shards))
         if stale:
-            raise ValueError(
+            raise InvalidInput(
                 f"{self.directory}: the index lists {len(stale):,} shard(s) that are not there (e.g. {stale[0]}); "
                 f"rebuild it with: python scripts/index_shards.py {self.directory}"
             )
@@ -149,7 +150,7 @@ class ShardedBlocks:
         path = self.directory / self.names[shard]
         tokens = read_shard(path)
         if len(tokens) != self.counts[shard] or tokens.dtype != self.dtype:
-            raise ValueError(
+            raise InvalidInput(
                 f"{path}: {len(tokens)} tokens of {tokens.dtype}, but the index says {self.counts[shard]} of "
                 f"{self.dtype}; the shard changed after it was indexed (python scripts/index_shards.py "
                 f"{self.directory})"
@@ -157,7 +158,7 @@ class ShardedBlocks:
         if self.vocab_size is not None and self.max_ids[shard] < 0 and len(tokens):
             largest = int(tokens.max())
             if largest >= self.vocab_size:
-                raise ValueError(
+                raise InvalidInput(
                     f"{path}: token id {largest} is outside the model's vocabulary of {self.vocab_size}; "
                     "were these shards made with another tokenizer?"
                 )
@@ -219,11 +220,11 @@ class MixtureDraws:
         else:
             weights = np.broadcast_to(np.asarray(self.weights, dtype=np.float64), (len(tokens), len(self.weights)))
         if weights.shape != (len(tokens), self.num_sources):
-            raise ValueError(f"Mixture weights must have one entry per source ({self.num_sources}), got {weights[0]}")
+            raise InvalidInput(f"Mixture weights must have one entry per source ({self.num_sources}), got {weights[0]}")
         bad = (weights < 0).any(axis=1) | (weights.sum(axis=1) <= 0)
         if bad.any():
             first = int(np.argmax(bad))
-            raise ValueError(
+            raise InvalidInput(
                 f"Mixture weights at {int(tokens[first]):,} tokens must be {self.num_sources} non-negative numbers "
                 f"with a positive sum, got {weights[first].tolist()}"
             )
@@ -290,7 +291,7 @@ class MixedBlockDataset(IterableDataset):
         self.rank, self.world_size, self.epochs = rank, world_size, epochs
         self.block_tokens = sources[0].block_tokens
         if any(source.block_tokens != self.block_tokens for source in sources):
-            raise ValueError("All sources of a mixture must use the same block size")
+            raise InvalidInput("All sources of a mixture must use the same block size")
         self.draws = MixtureDraws(weights, len(sources), self.block_tokens - 1, seed)
         self.state = initial_state(len(sources))
         self.global_batch_size(0)
@@ -298,7 +299,7 @@ class MixedBlockDataset(IterableDataset):
     def global_batch_size(self, step: int) -> int:
         size = self.batch_schedule(step) if callable(self.batch_schedule) else self.batch_schedule
         if size <= 0 or size % (self.world_size * self.micro_batch_size):
-            raise ValueError(
+            raise InvalidInput(
                 f"Step {step}: global batch size {size} is not a positive multiple of world size {self.world_size} "
                 f"x micro-batch size {self.micro_batch_size}"
             )
@@ -387,7 +388,7 @@ class BlockLoader:
     def load_state_dict(self, state: dict) -> None:
         expected = initial_state(len(self.dataset.sources))
         if set(state) != set(expected) or len(state["taken"]) != len(expected["taken"]):
-            raise ValueError(
+            raise InvalidInput(
                 f"Not a loader state for {len(expected['taken'])} data source(s): {state}; a checkpoint keeps its "
                 "sources (add or remove one with a new run started from its weights)"
             )

@@ -37,6 +37,7 @@ from tqdm import tqdm
 from lit_gpt.data.corpora import Skips, UnreadableFile
 from lit_gpt.data.index import INDEX_SUFFIX, Index, ShardTable, file_sha256
 from lit_gpt.data.shards import ShardWriter, WrittenShard, read_shard, token_dtype, write_shard
+from lit_gpt.errors import InvalidInput, MissingInput
 from lit_gpt.tokenizer import Tokenizer
 
 Reader = Callable[[Path, Skips], Iterator[str]]
@@ -71,9 +72,9 @@ class Progress:
 def select_files(files: list[Path], percentage: float, num_shards: int, shard_index: int) -> list[Path]:
     """The first ``percentage`` of the sorted files, then every ``num_shards``-th one from ``shard_index``."""
     if not 0 < percentage <= 1:
-        raise ValueError(f"percentage must be in (0, 1], got {percentage}")
+        raise InvalidInput(f"percentage must be in (0, 1], got {percentage}")
     if not 0 <= shard_index < num_shards:
-        raise ValueError(f"shard_index must be in [0, num_shards = {num_shards}), got {shard_index}")
+        raise InvalidInput(f"shard_index must be in [0, num_shards = {num_shards}), got {shard_index}")
     files = sorted(files)[: math.ceil(len(files) * percentage)]
     return files[shard_index::num_shards]
 
@@ -140,13 +141,13 @@ class Manifest:
         progress = Progress(**json.loads(self.path.read_text()))
         if progress.settings != settings:
             changed = sorted(k for k in settings if settings[k] != progress.settings.get(k))
-            raise ValueError(
+            raise InvalidInput(
                 f"{self.path} records a job with other settings ({', '.join(changed)} differ); "
                 "use another destination_path or delete this one to start over"
             )
         pending = read_shard(self.pending_path(progress.files_done)) if progress.pending_tokens else None
         if pending is not None and len(pending) != progress.pending_tokens:
-            raise ValueError(f"{self.path}: pending token file does not match; delete the destination to start over")
+            raise InvalidInput(f"{self.path}: pending token file does not match; delete the destination to start over")
         self._committed_pending = self.pending_path(progress.files_done) if pending is not None else None
         for stale in self.destination.glob(f".{self.prefix}.pending.*.bin"):  # once per run: left by a crash
             if stale != self._committed_pending:
@@ -211,9 +212,9 @@ def prepare_corpus(
     """Tokenize ``files`` (already selected for this machine) into shards in ``destination_path``,
     committing progress after each shard and at least every ``commit_interval`` seconds."""
     if not files:
-        raise FileNotFoundError(f"No input files for the {source} {split} split")
+        raise MissingInput(f"No input files for the {source} {split} split")
     if chunk_size <= 0:
-        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+        raise InvalidInput(f"chunk_size must be positive, got {chunk_size}")
     tokenizer = Tokenizer(tokenizer_path)
     dtype = token_dtype(tokenizer.vocab_size)
     destination_path.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lit_gpt.errors import InvalidInput
+
 MAGIC = b"LITPKDS"
 VERSION = 1
 HEADER = struct.Struct("<7sQBQ")
@@ -49,7 +51,7 @@ def shard_name(split: str, source: str, writer: int, index: int) -> str:
 def write_shard(path: Path, tokens: np.ndarray) -> None:
     """Write one shard atomically: a crash leaves either the whole file or none at all."""
     if tokens.dtype not in DTYPE_CODES:
-        raise ValueError(f"Cannot write tokens of dtype {tokens.dtype} to {path}")
+        raise TypeError(f"Cannot write tokens of dtype {tokens.dtype} to {path}")
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as f:
         f.write(HEADER.pack(MAGIC, VERSION, DTYPE_CODES[tokens.dtype], len(tokens)))
@@ -63,19 +65,19 @@ def read_header(path: Path) -> tuple[np.dtype, int]:
     """A shard's dtype and token count, after checking the header against the file's size."""
     size = path.stat().st_size
     if size < HEADER.size:
-        raise ValueError(f"{path}: {size} bytes is shorter than the {HEADER.size}-byte shard header")
+        raise InvalidInput(f"{path}: {size} bytes is shorter than the {HEADER.size}-byte shard header")
     with open(path, "rb") as f:
         magic, version, code, count = HEADER.unpack(f.read(HEADER.size))
     if magic != MAGIC:
-        raise ValueError(f"{path}: not a packed shard (magic {magic!r}, expected {MAGIC!r})")
+        raise InvalidInput(f"{path}: not a packed shard (magic {magic!r}, expected {MAGIC!r})")
     if version != VERSION:
-        raise ValueError(f"{path}: unsupported shard version {version} (expected {VERSION})")
+        raise InvalidInput(f"{path}: unsupported shard version {version} (expected {VERSION})")
     if code not in DTYPES:
-        raise ValueError(f"{path}: unknown dtype code {code} (known: {sorted(DTYPES)})")
+        raise InvalidInput(f"{path}: unknown dtype code {code} (known: {sorted(DTYPES)})")
     dtype = np.dtype(DTYPES[code])
     expected = HEADER.size + count * dtype.itemsize
     if size != expected:
-        raise ValueError(
+        raise InvalidInput(
             f"{path}: header says {count} tokens of {dtype} ({expected} bytes with the header) "
             f"but the file has {size} bytes"
         )

@@ -1,0 +1,225 @@
+"""The run configuration: every setting of a pretraining run, typed, in one frozen dataclass.
+
+``pretrain/tinyllama.py`` builds it once from the command line or a recipe (``--config``, YAML in
+``pretrain/configs``) and hands it to the pieces; ``scripts/show_batch.py`` reads a recipe the same
+way. What follows from the settings alone -- the model config, the stage plan with its batch sizes
+checked, the data sources and loaders -- is derived here, so that every reader derives it alike.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from lit_gpt.config import Config
+from lit_gpt.data.index import file_sha256
+from lit_gpt.data.loader import BlockLoader, ShardedBlocks, create_loader
+from lit_gpt.errors import InvalidInput
+from lit_gpt.schedule import Stage, StagePlan
+from lit_gpt.tokenizer import Tokenizer
+
+Precision = Literal["bf16-mixed", "bf16-true", "32-true"]
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """A dataset directory of packed shards, its name (for stage mixtures) and its default weight.
+
+    ``prefix`` selects the shards whose names start with it, for a directory that holds several sources
+    (the original TinyLlama scripts write ``train_slimpajama*``, ``train_starcoder*`` and ``valid_*``
+    into one folder).
+    """
+
+    name: str
+    path: Path
+    weight: float = 1.0
+    prefix: str = ""
+
+
+TINYLLAMA_MIXTURE = (
+    DataSource("slimpajama", Path("data/slimpajama/train"), 0.693584),
+    DataSource("starcoder", Path("data/starcoder/train"), 0.306416),
+)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Pretrain a Llama-architecture model on packed shards.
+
+    Args:
+        model_name: a named config (lit_gpt.config), e.g. tiny_LLaMA_1b, tiny_LLaMA_120M, tiny_LLaMA_5M.
+        model_config: fields of the config to override, e.g. ``{n_layer: 2}``.
+        train_data: dataset directories with names and mixture weights; default SlimPajama 0.693584,
+            StarCoder 0.306416 (data/slimpajama/train, data/starcoder/train).
+        val_data: a dataset directory for validation, or null for none.
+        val_prefix: read only the validation shards whose names start with this (e.g. ``valid_``).
+        tokenizer_path: the tokenizer the shards were made with; checked against the model and the
+            shards' index, and copied into checkpoints for conversion.
+        out_dir: checkpoints, metrics.csv and logs.
+        devices: devices (processes) per node; "auto" uses every GPU, or 1 CPU process.
+        num_nodes: number of machines.
+        precision: bf16-mixed (fp32 weights, bf16 compute), bf16-true or 32-true; default: bf16-mixed
+            on GPUs that support it, 32-true otherwise.
+        hybrid_sharding: shard within a node and replicate across nodes (TinyLlama v1.1) instead of
+            sharding over every device.
+        global_batch_size: sequences per optimizer step (TinyLlama: 1024 x 2048 tokens).
+        micro_batch_size: sequences per device per forward pass.
+        max_tokens: training length in tokens, for a run without stages.
+        max_steps: training length in optimizer steps, for a run without stages.
+        stages: stages with their own token budget, batch size and mixture (TinyLlama v1.1).
+        learning_rate: peak learning rate.
+        min_lr: learning rate at the last step.
+        warmup_steps: linear warmup steps.
+        weight_decay: AdamW weight decay.
+        beta1: AdamW beta1.
+        beta2: AdamW beta2.
+        grad_clip: maximum global gradient norm.
+        log_interval: optimizer steps between console/metrics lines.
+        eval_interval: optimizer steps between validations.
+        eval_iters: micro-batches per rank in a validation.
+        save_interval: optimizer steps between checkpoints (one is also written at the end).
+        keep_checkpoints: how many of the newest checkpoints to keep.
+        resume: "auto" continues from the newest complete checkpoint in out_dir if there is one; a path
+            resumes from that checkpoint (on any number of devices); false starts a new run, which an
+            out_dir holding checkpoints refuses unless overwrite is true.
+        overwrite: with resume false, delete the checkpoints and metrics of the run already in out_dir.
+        allow_data_change: resume even though the training shards differ from the checkpoint's (shards
+            added, removed or resized, as in continual pretraining on grown data).
+        initial_checkpoint: a lit checkpoint directory (scripts/convert_hf_checkpoint.py) whose weights
+            start the run.
+        compile: compile each transformer block with torch.compile.
+        activation_checkpointing: recompute each block's activations in the backward pass.
+        logger: csv (always written), or also wandb (offline without WANDB_API_KEY) or tensorboard.
+        num_workers: DataLoader worker processes per rank for the training data.
+        seed: seeds the initialisation and the data order.
+        max_nonfinite_steps: abort after this many consecutive steps with a non-finite loss.
+    """
+
+    model_name: str = "tiny_LLaMA_1b"
+    model_config: dict[str, Any] = field(default_factory=dict)
+    train_data: list[DataSource] = field(default_factory=lambda: list(TINYLLAMA_MIXTURE))
+    val_data: Path | None = Path("data/slimpajama/validation")
+    val_prefix: str = ""
+    tokenizer_path: Path | None = None
+    out_dir: Path = Path("out/tinyllama")
+    devices: int | str = "auto"
+    num_nodes: int = 1
+    precision: Precision | None = None
+    hybrid_sharding: bool = False
+    global_batch_size: int = 1024
+    micro_batch_size: int = 8
+    max_tokens: int | None = None
+    max_steps: int | None = None
+    stages: list[Stage] | None = None
+    learning_rate: float = 4e-4
+    min_lr: float = 4e-5
+    warmup_steps: int = 2000
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    log_interval: int = 10
+    eval_interval: int = 1000
+    eval_iters: int = 100
+    save_interval: int = 1000
+    keep_checkpoints: int = 3
+    resume: bool | Literal["auto"] | Path = "auto"
+    overwrite: bool = False
+    allow_data_change: bool = False
+    initial_checkpoint: Path | None = None
+    compile: bool = False
+    activation_checkpointing: bool = False
+    logger: Literal["csv", "wandb", "tensorboard"] = "csv"
+    num_workers: int = 2
+    seed: int = 42
+    max_nonfinite_steps: int = 10
+
+    @classmethod
+    def from_recipe(cls, path: Path, *overrides: str) -> RunConfig:
+        """A recipe file (and command-line style ``overrides``) read as ``pretrain/tinyllama.py`` reads it."""
+        from lit_gpt.cli import parse_dataclass
+
+        return parse_dataclass(cls, ["--config", str(path), *overrides])
+
+    def model(self) -> Config:
+        return Config.from_name(self.model_name, **self.model_config)
+
+    def resolved_precision(self) -> Precision:
+        """The precision asked for, or the best the machine has: bf16-mixed on GPUs that support it."""
+        bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return self.precision or ("bf16-mixed" if bf16 else "32-true")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as JSON values, for hyperparameters.json and the loggers."""
+        return json.loads(json.dumps(asdict(self), default=str))
+
+    def stage_plan(self, config: Config, world_size: int) -> StagePlan:
+        """The run's stages (one for a run given by max_tokens or max_steps), with batch sizes checked."""
+        stages = self.stages
+        if stages is None:
+            if (self.max_tokens is None) == (self.max_steps is None):
+                raise InvalidInput("Give exactly one of --max_tokens and --max_steps (or --stages)")
+            tokens = self.max_tokens or self.max_steps * self.global_batch_size * config.block_size
+            stages = [Stage("pretraining", tokens=tokens)]
+        weights = {source.name: source.weight for source in self.train_data}
+        plan = StagePlan(stages, weights, self.global_batch_size, config.block_size)
+        per_step = world_size * self.micro_batch_size
+        for stage, batch in zip(plan.stages, plan.batch_sizes, strict=True):
+            if batch % per_step:
+                raise InvalidInput(
+                    f"Stage {stage.name!r}: global batch size {batch} is not a multiple of world size {world_size} "
+                    f"x micro-batch size {self.micro_batch_size} = {per_step}"
+                )
+        return plan
+
+    def data_source(self, config: Config, path: Path, prefix: str) -> ShardedBlocks:
+        return ShardedBlocks(path, config.block_size, self.seed, prefix=prefix, vocab_size=config.vocab_size)
+
+    def training_loader(self, config: Config, plan: StagePlan, rank: int, world_size: int) -> BlockLoader:
+        """Rank ``rank``'s loader over the training sources, with the plan's batch sizes and mixtures."""
+        return create_loader(
+            [self.data_source(config, source.path, source.prefix) for source in self.train_data],
+            config.block_size,
+            self.micro_batch_size,
+            global_batch_size=plan.global_batch_size,
+            weights=plan.mixture,
+            seed=self.seed,
+            rank=rank,
+            world_size=world_size,
+            num_workers=self.num_workers,
+        )
+
+    def validation_loader(self, config: Config, rank: int, world_size: int) -> BlockLoader | None:
+        """One pass over the validation set, split across ranks; None without ``val_data``."""
+        if self.val_data is None:
+            return None
+        return create_loader(
+            [self.data_source(config, self.val_data, self.val_prefix)],
+            config.block_size,
+            self.micro_batch_size,
+            seed=self.seed,
+            rank=rank,
+            world_size=world_size,
+            epochs=1,
+        )
+
+    def check_tokenizer(self, config: Config, sources: list[ShardedBlocks]) -> None:
+        """The tokenizer fits the model, and the shards (where their index says) were made with it."""
+        if self.tokenizer_path is None:
+            return
+        tokenizer = Tokenizer(self.tokenizer_path)
+        if tokenizer.vocab_size > config.vocab_size:
+            raise InvalidInput(
+                f"Tokenizer {tokenizer.path} has {tokenizer.vocab_size} tokens but model {self.model_name} only "
+                f"{config.vocab_size}; set --model_config.vocab_size or use another tokenizer"
+            )
+        digest = file_sha256(tokenizer.path)
+        for source in sources:
+            if source.tokenizer_digests - {digest}:
+                raise InvalidInput(
+                    f"The index of {source.directory} records shards made with another tokenizer than {tokenizer.path}"
+                )

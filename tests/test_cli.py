@@ -1,0 +1,63 @@
+"""Expected errors reach the person as one line on stderr and exit status 2, without a traceback."""
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import DEMO_TOKENIZER, REPO_ROOT
+
+
+def command(script: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO_ROOT / script), *args], capture_output=True, text=True)
+
+
+def assert_refused(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+def test_prepare_names_the_folder_and_pattern_it_searched(tmp_path):
+    result = command("scripts/prepare_slimpajama.py", "--source_path", str(tmp_path), "--tokenizer_path", "x")
+    assert_refused(result, "No input files for the slimpajama train split", f"{tmp_path}/train/chunk*/*.jsonl.zst")
+    result = command("scripts/prepare_starcoder.py", "--source_path", str(tmp_path), "--tokenizer_path", "x")
+    assert_refused(result, f"nothing matches {tmp_path}/*/*.parquet")
+
+
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("--temperature", "-1", "temperature must be >= 0"),
+        ("--top_k", "0", "top_k must be at least 1"),
+        ("--top_p", "1.5", "top_p must be in (0, 1]"),
+        ("--max_new_tokens", "0", "max_new_tokens must be at least 1"),
+    ],
+)
+def test_generate_refuses_sampling_settings_that_make_noise(tmp_path, option, value, message):
+    assert_refused(command("scripts/generate.py", "--checkpoint_dir", str(tmp_path), option, value), message)
+
+
+def test_the_demo_keeps_a_folder_it_did_not_make(tmp_path):
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "precious.bin").write_bytes(b"data")
+    result = command("scripts/demo.py", "--data_dir", str(tmp_path / "corpus"), "--out_dir", str(tmp_path / "out"))
+    assert_refused(result, f"{tmp_path / 'corpus'} is not empty and was not made by the demo", "--overwrite true")
+    assert (tmp_path / "corpus" / "precious.bin").read_bytes() == b"data"
+
+
+def test_converting_a_folder_that_is_no_checkpoint_is_refused(tmp_path):
+    result = command("scripts/convert_lit_checkpoint.py", "--checkpoint_dir", str(tmp_path), "--output_dir", "x")
+    assert_refused(result, f"No model_config.json in {tmp_path}: not a lit or training checkpoint")
+
+
+def test_training_refusals_are_one_line_from_rank_zero(data, tmp_path):
+    args = ["--model_name", "tiny_LLaMA_5M", "--tokenizer_path", str(DEMO_TOKENIZER), "--out_dir", str(tmp_path)]
+    args += ["--train_data", f"[{{name: a, path: {data / 'a'}}}]", "--max_steps", "1", "--val_data", "null"]
+    result = command("pretrain/tinyllama.py", *args, "--global_batch_size", "12", "--micro_batch_size", "8")
+    assert_refused(result, "global batch size 12 is not a multiple of world size 1 x micro-batch size 8")
+    result = command("pretrain/tinyllama.py", *args, "--train_data", f"[{{name: a, path: {tmp_path / 'nope'}}}]")
+    assert_refused(result, f"Dataset directory {tmp_path / 'nope'} does not exist")
