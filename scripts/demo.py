@@ -67,7 +67,7 @@ def demo(
     started = time.perf_counter()
     sample = data_dir / "sample"
     step("1/6 sample corpus", "scripts/make_sample_corpus.py", "--destination", str(sample))
-    common = ["--tokenizer_path", str(TOKENIZER), "--chunk_size", CHUNK]
+    common = ["--tokenizer_path", str(TOKENIZER), "--chunk_size", CHUNK, "--block_size", "256"]
     for split in ("train", "validation"):
         step(
             f"2/6 tokenize SlimPajama sample ({split})",

@@ -16,6 +16,7 @@ def prepare(
     destination_path: Path | None = None,
     split: str = "train",
     chunk_size: int = 2049 * 1024,
+    block_size: int = 2048,
     percentage: float = 1.0,
     num_workers: int | None = None,
     num_shards: int = 1,
@@ -33,6 +34,8 @@ def prepare(
         destination_path: where the shards go; default ``data/slimpajama/{split}``.
         split: ``train``, ``validation`` or ``test``.
         chunk_size: tokens per shard: a multiple of block_size + 1 (2049 for TinyLlama).
+        block_size: the context length of the model to be trained (TinyLlama: 2048); chunk_size is
+            checked against it.
         percentage: fraction of the (sorted) input files to use.
         num_workers: tokenizing processes; default: all cores.
         num_shards: number of machines (or SLURM array tasks) sharing the job.
@@ -51,6 +54,7 @@ def prepare(
         destination_path,
         split,
         chunk_size,
+        block_size,
         percentage,
         num_workers,
         num_shards,

@@ -1,9 +1,11 @@
 """Expected errors reach the person as one line on stderr and exit status 2, without a traceback."""
 
+import json
 import subprocess
 import sys
 
 import pytest
+import zstandard
 
 from conftest import DEMO_TOKENIZER, REPO_ROOT
 
@@ -61,3 +63,13 @@ def test_training_refusals_are_one_line_from_rank_zero(data, tmp_path):
     assert_refused(result, "global batch size 12 is not a multiple of world size 1 x micro-batch size 8")
     result = command("pretrain/tinyllama.py", *args, "--train_data", f"[{{name: a, path: {tmp_path / 'nope'}}}]")
     assert_refused(result, f"Dataset directory {tmp_path / 'nope'} does not exist")
+
+
+def test_prepare_refuses_a_chunk_size_that_blocks_do_not_divide(tmp_path):
+    (tmp_path / "train" / "chunk1").mkdir(parents=True)
+    record = json.dumps({"text": "hello", "meta": {}}).encode()
+    (tmp_path / "train" / "chunk1" / "a.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(record))
+    args = ["--source_path", str(tmp_path), "--tokenizer_path", str(DEMO_TOKENIZER), "--chunk_size", "1000"]
+    result = command("scripts/prepare_slimpajama.py", *args, "--destination_path", str(tmp_path / "out"))
+    assert_refused(result, "--chunk_size 1000 is not a multiple of block_size + 1 = 2049")
+    assert not (tmp_path / "out").exists()

@@ -77,6 +77,8 @@ def test_bad_input_is_skipped_counted_and_no_token_is_lost(tmp_path):
         str(out),
         "--chunk_size",
         "100",
+        "--block_size",
+        "99",
         check=False,
     )
     assert result.returncode == 1, result.stderr  # one whole file could not be read
@@ -109,7 +111,9 @@ def test_output_does_not_depend_on_the_number_of_workers(tmp_path):
     for workers in (1, 2):
         out = tmp_path / f"out{workers}"
         args = ["--source_path", str(tmp_path / "slim"), "--destination_path", str(out)]
-        run_prepare("prepare_slimpajama.py", *args, "--chunk_size", "1000", "--num_workers", str(workers))
+        run_prepare(
+            "prepare_slimpajama.py", *args, "--chunk_size", "1000", "--block_size", "99", "--num_workers", str(workers)
+        )
         outputs.append(shard_bytes(out))
     assert outputs[0] == outputs[1] and len(outputs[0]) > 2
     tokens = shard_tokens(tmp_path / "out1")
@@ -131,7 +135,16 @@ def test_machines_split_the_files_and_write_disjoint_shards(tmp_path):
     documents = slimpajama_corpus(tmp_path / "slim", files=5)
     out = tmp_path / "out"
     for index in range(2):
-        args = ["--source_path", str(tmp_path / "slim"), "--destination_path", str(out), "--chunk_size", "500"]
+        args = [
+            "--source_path",
+            str(tmp_path / "slim"),
+            "--destination_path",
+            str(out),
+            "--chunk_size",
+            "500",
+            "--block_size",
+            "99",
+        ]
         run_prepare("prepare_slimpajama.py", *args, "--num_shards", "2", "--shard_index", str(index))
     names = sorted(p.name for p in out.glob("*.bin"))
     assert any(n.startswith("train_slimpajama_0_") for n in names) and any("_1_" in n for n in names)
@@ -149,7 +162,7 @@ def test_a_killed_run_resumes_and_gives_the_same_shards(tmp_path):
     source = tmp_path / "slim"
     slimpajama_corpus(source, files=6)
     reference = tmp_path / "reference"
-    args = ["--source_path", str(source), "--chunk_size", "700", "--num_workers", "1"]
+    args = ["--source_path", str(source), "--chunk_size", "700", "--block_size", "99", "--num_workers", "1"]
     run_prepare("prepare_slimpajama.py", *args, "--destination_path", str(reference))
 
     # The fourth file (in sorted order) becomes a FIFO: reading it blocks, so the run is caught mid-way.
@@ -181,7 +194,7 @@ def test_a_killed_run_resumes_and_gives_the_same_shards(tmp_path):
 
 def test_rerun_of_a_finished_job_does_nothing_and_other_settings_are_refused(tmp_path):
     slimpajama_corpus(tmp_path / "slim", files=2)
-    args = ["--source_path", str(tmp_path / "slim"), "--destination_path", str(tmp_path / "out")]
+    args = ["--source_path", str(tmp_path / "slim"), "--destination_path", str(tmp_path / "out"), "--block_size", "99"]
     run_prepare("prepare_slimpajama.py", *args, "--chunk_size", "500")
     before = shard_bytes(tmp_path / "out")
     assert "nothing to do" in run_prepare("prepare_slimpajama.py", *args, "--chunk_size", "500").stdout

@@ -255,6 +255,8 @@ def run_demo(tmp_path: Path, *extra: str) -> None:
         str(DEMO_TOKENIZER),
         "--chunk_size",
         "263168",
+        "--block_size",
+        "256",
     ]
     for split in ("train", "validation"):
         subprocess.run(
@@ -278,6 +280,8 @@ def run_demo(tmp_path: Path, *extra: str) -> None:
             str(DEMO_TOKENIZER),
             "--chunk_size",
             "263168",
+            "--block_size",
+            "256",
             "--source_path",
             str(sample / "starcoderdata"),
             "--destination_path",

@@ -292,13 +292,20 @@ def prepare_and_exit(
     destination_path: Path | None,
     split: str,
     chunk_size: int,
+    block_size: int,
     percentage: float,
     num_workers: int | None,
     num_shards: int,
     shard_index: int,
 ) -> None:
-    """What both prepare scripts do with their arguments: select this machine's files, apply the
-    defaults (``data/{source}/{split}``, all cores), prepare, and exit with 1 if a file was unreadable."""
+    """What both prepare scripts do with their arguments: check them, select this machine's files, apply
+    the defaults (``data/{source}/{split}``, all cores), prepare, and exit with 1 if a file was unreadable."""
+    if chunk_size <= 0 or chunk_size % (block_size + 1):
+        raise InvalidInput(
+            f"--chunk_size {chunk_size} is not a multiple of block_size + 1 = {block_size + 1}: training reads "
+            f"blocks of that many tokens, so the rest of every shard would go unread; use e.g. "
+            f"{(block_size + 1) * 1024} (or set --block_size to the model's context length)"
+        )
     progress = prepare_corpus(
         select_files(files, percentage, num_shards, shard_index),
         read,
