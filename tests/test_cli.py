@@ -7,7 +7,7 @@ import sys
 import pytest
 import zstandard
 
-from conftest import DEMO_TOKENIZER, REPO_ROOT
+from conftest import DEMO_TOKENIZER, REPO_ROOT, load_script
 
 
 def command(script: str, *args: str) -> subprocess.CompletedProcess:
@@ -73,3 +73,11 @@ def test_prepare_refuses_a_chunk_size_that_blocks_do_not_divide(tmp_path):
     result = command("scripts/prepare_slimpajama.py", *args, "--destination_path", str(tmp_path / "out"))
     assert_refused(result, "--chunk_size 1000 is not a multiple of block_size + 1 = 2049")
     assert not (tmp_path / "out").exists()
+
+
+def test_the_demo_replaces_a_folder_an_earlier_demo_made(tmp_path):
+    claim = load_script("scripts/demo.py").claim
+    claim(tmp_path / "out", overwrite=False)
+    (tmp_path / "out" / "step-00000200").mkdir()
+    claim(tmp_path / "out", overwrite=False)  # marked as the demo's: emptied without asking
+    assert [p.name for p in (tmp_path / "out").iterdir()] == [".made-by-demo"]
