@@ -10,8 +10,9 @@ This module is the one place that decides which implementation runs. With the ``
   the logits, and plain PyTorch for rotary and SwiGLU, which ``torch.compile`` (``--compile``) fuses.
 
 The ``"reference"`` backend runs the textbook formulas; tests compare the two. flash-attn and xformers
-are optional: a missing or broken install (no CUDA, a mismatched build) falls back silently to PyTorch,
-and :func:`describe` reports what was chosen.
+are optional: a missing or broken install (no CUDA, a mismatched build) falls back silently to PyTorch.
+Every kernel decides through :func:`implementation` (one table, ``KERNELS``), which :func:`describe`
+also reads, so the training log names what actually runs.
 """
 
 from __future__ import annotations
@@ -59,33 +60,43 @@ def _optional_module(name: str) -> ModuleType | None:
         return None
 
 
-def _flash_attn(tensor: torch.Tensor) -> ModuleType | None:
-    if _backend != "fused" or not tensor.is_cuda:
-        return None
-    return _optional_module("flash_attn")
+# The one table of choices: per kernel, its extension implementation and the module that provides it
+# (used on CUDA when it imports), and the PyTorch implementation used otherwise.
+KERNELS: dict[str, tuple[str | None, str | None, str]] = {
+    "rms_norm": ("flash-attn triton", "flash_attn", "torch.nn.functional.rms_norm"),
+    "apply_rotary": ("flash-attn triton", "flash_attn", "pytorch"),
+    "swiglu": ("xformers", "xformers.ops", "pytorch"),
+    "attention": ("flash-attn 2", "flash_attn", "scaled_dot_product_attention"),
+    "cross_entropy": ("flash-attn triton", "flash_attn", "chunked pytorch"),
+    "linear_cross_entropy": (None, None, "chunked pytorch, gradients in the forward pass"),
+}
+HALF = (torch.float16, torch.bfloat16)
 
 
-def _xformers_ops(tensor: torch.Tensor) -> ModuleType | None:
-    if _backend != "fused" or not tensor.is_cuda:
-        return None
-    return _optional_module("xformers.ops")
-
-
-def describe(device: torch.device | str) -> dict[str, str]:
-    """Which implementation each kernel uses on ``device``, for the training log."""
-    probe = torch.empty(0, device=device)
+def implementation(
+    kernel: str, device: torch.device | str, dtype: torch.dtype = torch.float32, masked: bool = False
+) -> str:
+    """Which implementation ``kernel`` runs for tensors of ``dtype`` on ``device`` (attention also depends
+    on whether a mask is given): the decision every kernel below takes, and :func:`describe` reports."""
     if _backend == "reference":
-        names = ("rms_norm", "apply_rotary", "swiglu", "attention", "cross_entropy", "linear_cross_entropy")
-        return dict.fromkeys(names, "reference")
-    flash = _flash_attn(probe) is not None
-    return {
-        "rms_norm": "flash-attn triton" if flash else "torch.nn.functional.rms_norm",
-        "apply_rotary": "flash-attn triton" if flash else "pytorch (fused by torch.compile)",
-        "swiglu": "xformers" if _xformers_ops(probe) is not None else "pytorch (fused by torch.compile)",
-        "attention": "flash-attn 2" if flash else "scaled_dot_product_attention",
-        "cross_entropy": "flash-attn triton" if flash else "chunked pytorch",
-        "linear_cross_entropy": "chunked pytorch, gradients in the forward pass",
-    }
+        return "reference"
+    extension, module, pytorch = KERNELS[kernel]
+    usable = module is not None and torch.device(device).type == "cuda" and _optional_module(module) is not None
+    if kernel == "attention":
+        usable = usable and not masked and dtype in HALF  # FlashAttention-2 takes fp16/bf16, no mask
+    return extension if usable else pytorch
+
+
+def _extension(kernel: str, tensor: torch.Tensor, masked: bool = False) -> bool:
+    return implementation(kernel, tensor.device, tensor.dtype, masked) == KERNELS[kernel][0]
+
+
+def describe(device: torch.device | str, dtype: torch.dtype = torch.float32, compiled: bool = False) -> dict[str, str]:
+    """Which implementation each kernel uses for ``dtype`` tensors on ``device``, for the training log;
+    ``compiled`` says whether torch.compile wraps the model (and so fuses the plain PyTorch code)."""
+    suffix = " (fused by torch.compile)" if compiled else ""
+    names = {kernel: implementation(kernel, device, dtype) for kernel in KERNELS}
+    return {kernel: name + suffix if name == "pytorch" else name for kernel, name in names.items()}
 
 
 # ----------------------------------------------------------------------------------------- RMSNorm
@@ -101,8 +112,7 @@ def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tor
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     if _backend == "reference":
         return rms_norm_reference(x, weight, eps)
-    flash = _flash_attn(x)
-    if flash is not None:
+    if _extension("rms_norm", x):
         from flash_attn.ops.triton.layer_norm import rms_norm_fn
 
         return rms_norm_fn(x, weight, None, eps=eps)
@@ -128,8 +138,7 @@ def apply_rotary_reference(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    flash = _flash_attn(x)
-    if flash is not None:
+    if _extension("apply_rotary", x):
         from flash_attn.layers.rotary import apply_rotary_emb
 
         return apply_rotary_emb(x, cos.to(x.dtype), sin.to(x.dtype), interleaved=False)
@@ -161,9 +170,8 @@ def swiglu(
     b_up: torch.Tensor | None = None,
     b_down: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    xops = _xformers_ops(x)
-    if xops is not None:
-        return xops.swiglu(x, w_gate, b_gate, w_up, b_up, w_down, b_down)
+    if _extension("swiglu", x):
+        return _optional_module("xformers.ops").swiglu(x, w_gate, b_gate, w_up, b_up, w_down, b_down)
     return swiglu_reference(x, w_gate, w_up, w_down, b_gate, b_up, b_down)
 
 
@@ -192,9 +200,8 @@ def attention_reference(
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     if _backend == "reference":
         return attention_reference(q, k, v, mask)
-    flash = _flash_attn(q)
-    if flash is not None and mask is None and q.dtype in (torch.float16, torch.bfloat16):
-        return flash.flash_attn_func(q, k, v, causal=True)
+    if _extension("attention", q, masked=mask is not None):
+        return _optional_module("flash_attn").flash_attn_func(q, k, v, causal=True)
     y = F.scaled_dot_product_attention(
         q.transpose(1, 2),
         k.transpose(1, 2),
@@ -259,8 +266,7 @@ def cross_entropy(
         return cross_entropy_reference(logits, targets, ignore_index)
     logits = logits.reshape(-1, logits.shape[-1])
     targets = targets.reshape(-1)
-    flash = _flash_attn(logits)
-    if flash is not None:
+    if _extension("cross_entropy", logits):
         from flash_attn.ops.triton.cross_entropy import cross_entropy_loss
 
         losses, _ = cross_entropy_loss(logits, targets, ignore_index=ignore_index)

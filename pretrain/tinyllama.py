@@ -79,7 +79,10 @@ def main(fabric: L.Fabric, run: RunConfig) -> None:
     if rank == 0:
         run.out_dir.mkdir(parents=True, exist_ok=True)
         fabric.print(f"Model {config.name}: {config.to_dict()}")
-        fabric.print(f"Kernels: {kernels.describe(fabric.device)}; precision {run.precision}")
+        compute_dtype = torch.float32 if run.precision == "32-true" else torch.bfloat16
+        fabric.print(
+            f"Kernels: {kernels.describe(fabric.device, compute_dtype, run.compile)}; precision {run.precision}"
+        )
         fabric.print(
             f"Data: {dict(zip(names, plan.weights(0), strict=True))}; {plan.max_steps:,} steps, "
             f"{plan.max_tokens:,} tokens over {len(plan.stages)} stage(s)"

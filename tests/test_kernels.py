@@ -204,9 +204,46 @@ def test_unknown_backend_is_refused():
 def test_describe_names_the_cpu_paths():
     assert kernels.describe("cpu") == {
         "rms_norm": "torch.nn.functional.rms_norm",
-        "apply_rotary": "pytorch (fused by torch.compile)",
-        "swiglu": "pytorch (fused by torch.compile)",
+        "apply_rotary": "pytorch",
+        "swiglu": "pytorch",
         "attention": "scaled_dot_product_attention",
         "cross_entropy": "chunked pytorch",
         "linear_cross_entropy": "chunked pytorch, gradients in the forward pass",
     }
+    compiled = kernels.describe("cpu", compiled=True)
+    assert compiled["apply_rotary"] == compiled["swiglu"] == "pytorch (fused by torch.compile)"
+    with kernels.use_backend("reference"):
+        assert set(kernels.describe("cpu").values()) == {"reference"}
+
+
+@pytest.mark.parametrize("installed", [True, False])
+def test_describe_follows_the_extensions_that_import(monkeypatch, installed):
+    monkeypatch.setattr(kernels, "_optional_module", lambda name: object() if installed else None)
+    bf16, fp32 = kernels.describe("cuda", torch.bfloat16), kernels.describe("cuda", torch.float32)
+    if installed:
+        assert bf16["attention"] == "flash-attn 2" and bf16["swiglu"] == "xformers"
+        assert fp32["attention"] == "scaled_dot_product_attention"  # FlashAttention-2 takes fp16/bf16 only
+        assert (
+            kernels.implementation("attention", "cuda", torch.bfloat16, masked=True) == "scaled_dot_product_attention"
+        )
+    else:
+        assert bf16 == fp32 == kernels.describe("cpu")
+    assert kernels.describe("cpu") == kernels.describe("cpu", torch.bfloat16)  # extensions are for CUDA only
+
+
+def test_the_kernels_run_what_describe_names(monkeypatch):
+    ran = []
+    for name in ("scaled_dot_product_attention", "rms_norm"):
+        original = getattr(torch.nn.functional, name)
+        monkeypatch.setattr(
+            torch.nn.functional, name, lambda *a, _o=original, _n=name, **k: ran.append(_n) or _o(*a, **k)
+        )
+    q = torch.randn(1, 4, 2, 8)
+    kernels.attention(q, q, q)
+    kernels.rms_norm(q, torch.ones(8), 1e-5)
+    described = kernels.describe("cpu")
+    assert ran == ["scaled_dot_product_attention", "rms_norm"]
+    assert (described["attention"], described["rms_norm"]) == (
+        "scaled_dot_product_attention",
+        "torch.nn.functional.rms_norm",
+    )
