@@ -3,11 +3,14 @@
 This module is the one place that decides which implementation runs. With the ``"fused"`` backend
 (the default) each call picks, for the tensors it is given:
 
-- on CUDA, flash-attn's Triton RMSNorm, rotary and cross-entropy kernels and its FlashAttention-2
-  when ``flash_attn`` imports, and xformers' fused SwiGLU when ``xformers`` imports;
+- on CUDA, flash-attn's Triton RMSNorm and rotary kernels and its FlashAttention-2 when ``flash_attn``
+  imports, and xformers' fused SwiGLU when ``xformers`` imports;
 - otherwise PyTorch's own fused operators (``F.rms_norm``, ``F.scaled_dot_product_attention``, which
-  runs FlashAttention kernels on recent GPUs), a chunked cross-entropy that never holds an fp32 copy of
-  the logits, and plain PyTorch for rotary and SwiGLU, which ``torch.compile`` (``--compile``) fuses.
+  runs FlashAttention kernels on recent GPUs), and plain PyTorch for rotary and SwiGLU, which
+  ``torch.compile`` (``--compile``) fuses.
+
+The training loss is ``linear_cross_entropy``: the output projection and the cross-entropy chunk by
+chunk, so the logits are never held (the same code everywhere).
 
 The ``"reference"`` backend runs the textbook formulas; tests compare the two. flash-attn and xformers
 are optional: a missing or broken install (no CUDA, a mismatched build) falls back silently to PyTorch.
@@ -67,7 +70,6 @@ KERNELS: dict[str, tuple[str | None, str | None, str]] = {
     "apply_rotary": ("flash-attn triton", "flash_attn", "pytorch"),
     "swiglu": ("xformers", "xformers.ops", "pytorch"),
     "attention": ("flash-attn 2", "flash_attn", "scaled_dot_product_attention"),
-    "cross_entropy": ("flash-attn triton", "flash_attn", "chunked pytorch"),
     "linear_cross_entropy": (None, None, "chunked pytorch, gradients in the forward pass"),
 }
 HALF = (torch.float16, torch.bfloat16)
@@ -219,59 +221,6 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
 def cross_entropy_reference(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
     """Mean token cross-entropy over targets that are not ``ignore_index``, computed in fp32."""
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=ignore_index)
-
-
-class _ChunkedCrossEntropy(torch.autograd.Function):
-    """Cross-entropy that works on ``chunk_rows`` rows at a time.
-
-    It saves only the logits themselves: each pass converts one chunk to fp32 at a time, using
-    PyTorch's fused log-softmax and softmax kernels, and the backward writes the gradient chunk by
-    chunk in the logits' dtype.
-    """
-
-    @staticmethod
-    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, ignore_index: int, chunk_rows: int) -> torch.Tensor:
-        total = torch.zeros((), dtype=torch.float32, device=logits.device)
-        for start in range(0, logits.shape[0], chunk_rows):
-            rows = slice(start, start + chunk_rows)
-            total += F.cross_entropy(logits[rows].float(), targets[rows], ignore_index=ignore_index, reduction="sum")
-        valid = targets != ignore_index
-        count = valid.sum()
-        ctx.save_for_backward(logits, targets.masked_fill(~valid, 0), valid, count)
-        ctx.chunk_rows = chunk_rows
-        return total / count
-
-    @staticmethod
-    def backward(ctx, grad_output: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
-        logits, safe_targets, valid, count = ctx.saved_tensors
-        scale = valid * (grad_output.float() / count)
-        grad = torch.empty_like(logits)
-        for start in range(0, logits.shape[0], ctx.chunk_rows):
-            rows = slice(start, start + ctx.chunk_rows)
-            probs = torch.softmax(logits[rows].float(), dim=-1)  # d loss / d logits = softmax - one_hot
-            probs.scatter_add_(1, safe_targets[rows, None], torch.full_like(probs[:, :1], -1.0))
-            torch.mul(probs, scale[rows, None], out=grad[rows])
-        return grad, None, None, None
-
-
-def cross_entropy(
-    logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100, chunk_rows: int = 1024
-) -> torch.Tensor:
-    """Mean token cross-entropy of ``logits`` (..., V) against ``targets`` (...).
-
-    Memory beyond the logits is one fp32 chunk of ``chunk_rows`` rows, not a (B, T, V) fp32 copy. If
-    every target is ``ignore_index`` the result is NaN, as in PyTorch.
-    """
-    if _backend == "reference":
-        return cross_entropy_reference(logits, targets, ignore_index)
-    logits = logits.reshape(-1, logits.shape[-1])
-    targets = targets.reshape(-1)
-    if _extension("cross_entropy", logits):
-        from flash_attn.ops.triton.cross_entropy import cross_entropy_loss
-
-        losses, _ = cross_entropy_loss(logits, targets, ignore_index=ignore_index)
-        return losses.sum() / (targets != ignore_index).sum()
-    return _ChunkedCrossEntropy.apply(logits, targets, ignore_index, chunk_rows)
 
 
 def linear_cross_entropy_reference(
