@@ -13,6 +13,7 @@ then logging, validation and checkpoints at their intervals.
 from __future__ import annotations
 
 import math
+import os
 import sys
 from collections.abc import Iterator
 from dataclasses import replace
@@ -45,12 +46,23 @@ from lit_gpt.schedule import StagePlan, cosine_lr
 
 def setup(run: RunConfig) -> None:
     """Start Fabric (launching the processes unless torchrun or SLURM did) and run ``main`` on each."""
-    run = replace(run, precision=run.resolved_precision())
+    run = replace(run, precision=run.resolved_precision(), devices=devices_per_node(run.devices))
     strategy = ModelParallelStrategy(parallelize_fn=lambda model, mesh: parallelize(model, mesh, run))
     # bf16-mixed is done by FSDP2's mixed-precision policy (bf16 all-gathers), so Fabric keeps fp32.
     precision = "32-true" if run.precision == "bf16-mixed" else run.precision
     fabric = L.Fabric(devices=run.devices, num_nodes=run.num_nodes, strategy=strategy, precision=precision)
     fabric.launch(main, run)
+
+
+def devices_per_node(devices: int | str) -> int | str:
+    """``devices``, checked against the processes per node that torchrun started, if it did ("auto"
+    takes that number, so that a CPU run under torchrun needs no --devices)."""
+    launched = os.environ.get("LOCAL_WORLD_SIZE")
+    if launched is None:
+        return devices
+    if devices not in ("auto", int(launched)):
+        raise InvalidInput(f"--devices {devices}, but torchrun started {launched} processes per node; make them agree")
+    return int(launched)
 
 
 def parallelize(model: GPT, mesh: DeviceMesh, run: RunConfig) -> GPT:

@@ -1,4 +1,5 @@
 import importlib.util
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -65,3 +66,63 @@ def load_script(relative_path: str):
     sys.modules[spec.name] = module  # dataclasses look their module up while being defined
     spec.loader.exec_module(module)
     return module
+
+
+def assert_refused(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    """An expected error: exit status 2 and one ``error:`` line holding ``fragments``, no traceback."""
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, result.stderr[-3000:]
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now, for a torchrun rendezvous."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+TINY = "{n_layer: 2, n_embd: 64, n_head: 4, n_query_groups: 2, intermediate_size: 128, block_size: 32}"
+
+
+def train_args(data: Path, out_dir: Path, *extra: str) -> list[str]:
+    return [
+        "--model_name",
+        "tiny_LLaMA_5M",
+        "--model_config",
+        TINY,
+        "--out_dir",
+        str(out_dir),
+        "--train_data",
+        f"[{{name: a, path: {data / 'a'}, weight: 0.7}}, {{name: b, path: {data / 'b'}, weight: 0.3}}]",
+        "--val_data",
+        str(data / "val"),
+        "--tokenizer_path",
+        str(DEMO_TOKENIZER),
+        "--precision",
+        "32-true",
+        "--global_batch_size",
+        "8",
+        "--micro_batch_size",
+        "2",
+        "--learning_rate",
+        "1e-2",
+        "--min_lr",
+        "1e-3",
+        "--warmup_steps",
+        "2",
+        "--log_interval",
+        "1",
+        "--eval_interval",
+        "4",
+        "--eval_iters",
+        "2",
+        "--save_interval",
+        "100",
+        "--num_workers",
+        "0",
+        *extra,
+    ]

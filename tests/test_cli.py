@@ -7,20 +7,11 @@ import sys
 import pytest
 import zstandard
 
-from conftest import DEMO_TOKENIZER, REPO_ROOT, load_script
+from conftest import DEMO_TOKENIZER, REPO_ROOT, assert_refused, free_port, load_script
 
 
 def command(script: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(REPO_ROOT / script), *args], capture_output=True, text=True)
-
-
-def assert_refused(result: subprocess.CompletedProcess, *fragments: str) -> None:
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1, result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
 
 
 def test_prepare_names_the_folder_and_pattern_it_searched(tmp_path):
@@ -81,3 +72,20 @@ def test_the_demo_replaces_a_folder_an_earlier_demo_made(tmp_path):
     (tmp_path / "out" / "step-00000200").mkdir()
     claim(tmp_path / "out", overwrite=False)  # marked as the demo's: emptied without asking
     assert [p.name for p in (tmp_path / "out").iterdir()] == [".made-by-demo"]
+
+
+def test_under_torchrun_only_rank_zero_prints_the_refusal(data, tmp_path):
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port"]
+    args = ["--model_name", "tiny_LLaMA_5M", "--train_data", f"[{{name: a, path: {data / 'a'}}}]", "--val_data", "null"]
+    args += ["--max_steps", "1", "--global_batch_size", "12", "--micro_batch_size", "8", "--out_dir", str(tmp_path)]
+    script = str(REPO_ROOT / "pretrain" / "tinyllama.py")
+    result = subprocess.run([*torchrun, str(free_port()), script, *args], capture_output=True, text=True)
+    assert result.returncode != 0  # torchrun reports the failed processes after them
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == [
+        "error: Stage 'pretraining': global batch size 12 is not a multiple of world size 2 x micro-batch size 8 = 16"
+    ]
+    result = subprocess.run(
+        [*torchrun, str(free_port()), script, *args, "--devices", "4"], capture_output=True, text=True
+    )
+    assert "error: --devices 4, but torchrun started 2 processes per node" in result.stderr

@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 from lit_gpt import GPT, Config
 from lit_gpt.checkpoint import load_model_weights
 
-from conftest import DEMO_TOKENIZER, REPO_ROOT, TOKENIZER, load_script
+from conftest import DEMO_TOKENIZER, REPO_ROOT, TOKENIZER, free_port, load_script, train_args
 
 convert_lit = load_script("scripts/convert_lit_checkpoint.py").convert_lit_checkpoint
 convert_hf = load_script("scripts/convert_hf_checkpoint.py").convert_hf_checkpoint
@@ -202,8 +202,6 @@ def test_sampling_is_seeded_and_respects_top_k(tmp_path):
 
 
 def test_two_process_training_checkpoint_converts_on_one_process(tmp_path):
-    from test_pretrain import free_port, train_args
-
     data = tmp_path / "data"
     import numpy as np
 

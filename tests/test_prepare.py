@@ -16,7 +16,7 @@ from lit_gpt.data import prepare
 from lit_gpt.data.index import Index, file_sha256, scan_shard
 from lit_gpt.data.shards import read_shard
 
-from conftest import DEMO_TOKENIZER, REPO_ROOT, TOKENIZER, run_prepare, shard_tokens, split_documents
+from conftest import DEMO_TOKENIZER, REPO_ROOT, TOKENIZER, assert_refused, run_prepare, shard_tokens, split_documents
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
 
@@ -201,6 +201,7 @@ def test_rerun_of_a_finished_job_does_nothing_and_other_settings_are_refused(tmp
     assert shard_bytes(tmp_path / "out") == before
     result = run_prepare("prepare_slimpajama.py", *args, "--chunk_size", "600", check=False)
     assert result.returncode != 0 and "other settings (chunk_size differ)" in result.stderr
+    assert_refused(result)
 
 
 def test_starcoder_reads_selected_languages_and_skips_bad_rows(tmp_path):
@@ -227,8 +228,10 @@ def test_starcoder_reads_selected_languages_and_skips_bad_rows(tmp_path):
 def test_missing_inputs_are_clear_errors(tmp_path):
     result = run_prepare("prepare_slimpajama.py", "--source_path", str(tmp_path), check=False)
     assert result.returncode != 0 and "No input files for the slimpajama train split" in result.stderr
+    assert_refused(result)
     result = run_prepare("prepare_starcoder.py", "--source_path", str(tmp_path), "--languages", "[rust]", check=False)
     assert result.returncode != 0 and f"No StarCoder language directory {tmp_path / 'rust'}" in result.stderr
+    assert_refused(result)
 
 
 @pytest.mark.parametrize("percentage", ["0", "1.5"])
@@ -238,6 +241,7 @@ def test_percentage_outside_the_unit_interval_is_refused(tmp_path, percentage):
         "prepare_slimpajama.py", "--source_path", str(tmp_path / "slim"), "--percentage", percentage, check=False
     )
     assert result.returncode != 0 and "percentage must be in (0, 1]" in result.stderr
+    assert_refused(result)
 
 
 def tiny_reader(path: Path, skips) -> list[str]:

@@ -5,7 +5,6 @@ import json
 import math
 import os
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -24,50 +23,9 @@ from lit_gpt.data.shards import write_shard
 from lit_gpt.run import DataSource, RunConfig
 from lit_gpt.schedule import Stage
 
-from conftest import DEMO_TOKENIZER, REPO_ROOT
+from conftest import DEMO_TOKENIZER, REPO_ROOT, assert_refused, free_port, train_args
 
 SCRIPT = REPO_ROOT / "pretrain" / "tinyllama.py"
-TINY = "{n_layer: 2, n_embd: 64, n_head: 4, n_query_groups: 2, intermediate_size: 128, block_size: 32}"
-
-
-def train_args(data: Path, out_dir: Path, *extra: str) -> list[str]:
-    return [
-        "--model_name",
-        "tiny_LLaMA_5M",
-        "--model_config",
-        TINY,
-        "--out_dir",
-        str(out_dir),
-        "--train_data",
-        f"[{{name: a, path: {data / 'a'}, weight: 0.7}}, {{name: b, path: {data / 'b'}, weight: 0.3}}]",
-        "--val_data",
-        str(data / "val"),
-        "--tokenizer_path",
-        str(DEMO_TOKENIZER),
-        "--precision",
-        "32-true",
-        "--global_batch_size",
-        "8",
-        "--micro_batch_size",
-        "2",
-        "--learning_rate",
-        "1e-2",
-        "--min_lr",
-        "1e-3",
-        "--warmup_steps",
-        "2",
-        "--log_interval",
-        "1",
-        "--eval_interval",
-        "4",
-        "--eval_iters",
-        "2",
-        "--save_interval",
-        "100",
-        "--num_workers",
-        "0",
-        *extra,
-    ]
 
 
 def run(args: list[str], launcher: list[str] | None = None, check: bool = True) -> subprocess.CompletedProcess:
@@ -81,12 +39,6 @@ def run(args: list[str], launcher: list[str] | None = None, check: bool = True) 
 def metrics(out_dir: Path, column: str) -> dict[int, str]:
     with open(out_dir / "metrics.csv", newline="") as f:
         return {int(row["step"]): row[column] for row in csv.DictReader(f) if row[column]}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def torchrun(processes: int) -> list[str]:
@@ -188,6 +140,7 @@ def test_nonfinite_losses_skip_steps_then_abort(data, tmp_path):
         check=False,
     )
     assert result.returncode != 0
+    assert_refused(result)
     assert "3 steps in a row had a non-finite loss or gradient norm" in result.stderr
     assert "step skipped" in result.stdout
 
@@ -196,12 +149,14 @@ def test_missing_data_directory_is_a_clear_startup_error(data, tmp_path):
     args = train_args(data, tmp_path / "out", "--max_steps", "2", "--val_data", str(tmp_path / "nope"))
     result = run(args, check=False)
     assert result.returncode != 0 and f"Dataset directory {tmp_path / 'nope'} does not exist" in result.stderr
+    assert_refused(result)
 
 
 def test_shards_of_another_tokenizer_are_refused(data, tmp_path):
     index_directory(data / "a", tokenizer_path=REPO_ROOT / "README.md")  # any other file stands for another tokenizer
     result = run(train_args(data, tmp_path / "out", "--max_steps", "2"), check=False)
     assert result.returncode != 0
+    assert_refused(result)
     assert f"The index of {data / 'a'} records shards made with another tokenizer" in result.stderr
 
 
@@ -373,6 +328,7 @@ def test_resuming_on_changed_data_is_refused_unless_allowed(data, tmp_path):
     index_directory(data / "a", tokenizer_path=DEMO_TOKENIZER)
     result = run(train_args(data, out, "--max_steps", "4"), check=False)
     assert result.returncode != 0
+    assert_refused(result)
     assert "Training source 'a' changed since" in result.stderr
     assert (
         "1 shard(s) added (e.g. train_a_0_0000000099.bin)" in result.stderr and "--allow_data_change" in result.stderr
@@ -388,6 +344,7 @@ def test_a_run_directory_belongs_to_one_run(data, tmp_path):
     assert before == ["step-00000002", "step-00000004"]
     result = run(train_args(data, out, "--max_steps", "2", "--resume", "false"), check=False)
     assert result.returncode != 0
+    assert_refused(result)
     assert f"{out} holds another run (newest checkpoint step-00000004)" in result.stderr
     assert "--resume auto" in result.stderr and "--overwrite true" in result.stderr
     assert sorted(p.name for p in out.glob("step-*")) == before  # nothing touched
@@ -397,6 +354,7 @@ def test_a_run_directory_belongs_to_one_run(data, tmp_path):
 
     result = run(train_args(data, out, "--max_steps", "1", "--overwrite", "true"), check=False)
     assert result.returncode != 0 and "--overwrite true starts a new run: give it with --resume false" in result.stderr
+    assert_refused(result)
     result = run(train_args(data, out, "--max_steps", "1", "--resume", "false", "--overwrite", "true"))
     assert "removed the previous run's metrics.csv, step-00000002, step-00000004" in result.stdout
     assert sorted(p.name for p in out.glob("step-*")) == ["step-00000001"]
@@ -408,6 +366,7 @@ def test_token_ids_outside_the_vocabulary_are_refused_at_startup(data, tmp_path)
     index_directory(data / "b", tokenizer_path=DEMO_TOKENIZER)
     result = run(train_args(data, tmp_path / "out", "--max_steps", "1"), check=False)
     assert result.returncode != 0
+    assert_refused(result)
     assert "train_b_0_0000000007.bin: token id 5000 is outside the model's vocabulary of 4096" in result.stderr
 
 

@@ -3,7 +3,7 @@ import sys
 
 from lit_gpt import Tokenizer
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, assert_refused
 
 
 def test_trains_a_llama_style_tokenizer(tmp_path):
@@ -30,4 +30,5 @@ def test_missing_input_is_a_clear_error(tmp_path):
     command = [sys.executable, str(REPO_ROOT / "scripts" / "train_tokenizer.py"), "--inputs", f"[{tmp_path / 'nope'}]"]
     result = subprocess.run(command + ["--output_dir", str(tmp_path)], capture_output=True, text=True)
     assert result.returncode != 0
+    assert_refused(result)
     assert f"Input {tmp_path / 'nope'} does not exist" in result.stderr

@@ -9,7 +9,6 @@ A bad document is skipped and counted by reason; a file that cannot be read at a
 from __future__ import annotations
 
 import json
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,18 +31,18 @@ class UnreadableFile(Exception):
 class Skips:
     """Documents and files skipped, by reason, with the first few places for each reason."""
 
-    counts: Counter[str] = field(default_factory=Counter)
+    counts: dict[str, int] = field(default_factory=dict)  # a plain dict: the manifest stores it as JSON
     examples: dict[str, list[str]] = field(default_factory=dict)
 
     def add(self, reason: str, where: str) -> None:
-        self.counts[reason] += 1
+        self.counts[reason] = self.counts.get(reason, 0) + 1
         places = self.examples.setdefault(reason, [])
         if len(places) < MAX_EXAMPLES:
             places.append(where)
 
     def update(self, other: Skips) -> None:
         for reason, count in other.counts.items():
-            self.counts[reason] += count
+            self.counts[reason] = self.counts.get(reason, 0) + count
             places = self.examples.setdefault(reason, [])
             places.extend(other.examples.get(reason, [])[: MAX_EXAMPLES - len(places)])
 

@@ -63,8 +63,7 @@ class Progress:
     pending_tokens: int = 0
     documents: int = 0
     tokens: int = 0
-    skipped: dict[str, int] = field(default_factory=dict)
-    examples: dict[str, list[str]] = field(default_factory=dict)
+    skips: Skips = field(default_factory=Skips)
     failed_files: list[str] = field(default_factory=list)
     complete: bool = False
 
@@ -138,7 +137,8 @@ class Manifest:
     def load(self, settings: dict) -> tuple[Progress, np.ndarray | None]:
         if not self.path.exists():
             return Progress(settings=settings), None
-        progress = Progress(**json.loads(self.path.read_text()))
+        recorded = json.loads(self.path.read_text())
+        progress = Progress(**recorded | {"skips": Skips(**recorded["skips"])})
         if progress.settings != settings:
             changed = sorted(k for k in settings if settings[k] != progress.settings.get(k))
             raise InvalidInput(
@@ -242,9 +242,7 @@ def prepare_corpus(
     if progress.files_done:
         print(f"Resuming after {progress.files_done} of {len(files)} files ({manifest.path})")
 
-    skips = Skips()
-    skips.counts.update(progress.skipped)
-    skips.examples = progress.examples
+    skips = progress.skips
     bar = tqdm(total=sum(p.stat().st_size for p in remaining), unit="B", unit_scale=True, desc=f"{source} {split}")
     start, documents, tokens = time.perf_counter(), 0, 0
     last_commit = time.monotonic()
@@ -252,7 +250,6 @@ def prepare_corpus(
     def commit() -> None:
         pending = writer.pending
         progress.next_shard, progress.pending_tokens = writer.next_index, len(pending)
-        progress.skipped, progress.examples = dict(skips.counts), skips.examples
         manifest.commit(progress, pending, writer.written)
         writer.written = []
 
@@ -354,7 +351,7 @@ def print_summary(progress: Progress, destination: Path) -> None:
         f"Wrote {progress.tokens:,} tokens from {progress.documents:,} documents of {progress.settings['files']} "
         f"files into {progress.next_shard} shards in {destination}"
     )
-    for reason, count in sorted(progress.skipped.items()):
-        print(f"  skipped {count:,} x {reason}, e.g. {'; '.join(progress.examples.get(reason, [])[:3])}")
+    for reason, count in sorted(progress.skips.counts.items()):
+        print(f"  skipped {count:,} x {reason}, e.g. {'; '.join(progress.skips.examples.get(reason, [])[:3])}")
     for error in progress.failed_files:
         print(f"  could not read: {error}", file=sys.stderr)
