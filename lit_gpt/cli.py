@@ -2,7 +2,8 @@
 errors a person can read.
 
 A :class:`lit_gpt.errors.UserError` becomes one line on stderr (printed by rank 0 only, when launched by
-torchrun or Fabric) and exit status 2; anything else keeps its traceback, since it is a bug.
+torchrun or Fabric) and exit status 2; anything else keeps its traceback, since it is a bug. Warnings
+(a shard tail that fills no block, shards without an index) are one ``warning:`` line each.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -22,7 +24,8 @@ Settings = TypeVar("Settings")
 
 def run(component: Callable[..., Any], then: Callable[[Any], Any] | None = None) -> None:
     """Call ``component`` with the command line's options: a typed function, or a dataclass whose
-    instance is then handed to ``then``."""
+    instance is then handed to ``then``. Warnings print as one line each, without a line of source."""
+    warnings.formatwarning = lambda message, category, *_: f"warning: {message}\n"
     try:
         if dataclasses.is_dataclass(component):
             then(parse_dataclass(component))

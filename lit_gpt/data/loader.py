@@ -115,15 +115,15 @@ class ShardedBlocks:
         if stale:
             raise InvalidInput(
                 f"{self.directory}: the index lists {len(stale):,} shard(s) that are not there (e.g. {stale[0]}); "
-                f"rebuild it with: python scripts/index_shards.py {self.directory}"
+                f"rebuild it with: python scripts/index_shards.py --directory {self.directory}"
             )
         rows = {name: i for i, name in enumerate(indexed.names)}
         unindexed = [name for name in shards if name not in rows]
         if unindexed:
             warnings.warn(
                 f"{self.directory}: {len(unindexed):,} of {len(shards):,} shards are not in an index, so their "
-                f"headers are read at every start; `python scripts/index_shards.py {self.directory}` makes the "
-                "start instant",
+                "headers are read at every start; `python scripts/index_shards.py --directory "
+                f"{self.directory}` makes the start instant",
                 stacklevel=3,
             )
             rows.update({name: len(indexed) + i for i, name in enumerate(unindexed)})
@@ -153,7 +153,7 @@ class ShardedBlocks:
             raise InvalidInput(
                 f"{path}: {len(tokens)} tokens of {tokens.dtype}, but the index says {self.counts[shard]} of "
                 f"{self.dtype}; the shard changed after it was indexed (python scripts/index_shards.py "
-                f"{self.directory})"
+                f"--directory {self.directory})"
             )
         if self.vocab_size is not None and self.max_ids[shard] < 0 and len(tokens):
             largest = int(tokens.max())

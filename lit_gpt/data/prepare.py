@@ -232,7 +232,8 @@ def prepare_corpus(
     if progress.complete:
         if not manifest.index_path.exists():  # a job finished before jobs wrote an index
             print(
-                f"Complete, but without {manifest.index_path.name}: python scripts/index_shards.py {destination_path}"
+                f"Complete, but without {manifest.index_path.name}: "
+                f"python scripts/index_shards.py --directory {destination_path}"
             )
         print(f"{manifest.path} says this job is complete; nothing to do.")
         print_summary(progress, destination_path)
