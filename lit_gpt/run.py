@@ -19,7 +19,7 @@ from lit_gpt.config import Config
 from lit_gpt.data.index import file_sha256
 from lit_gpt.data.loader import BlockLoader, ShardedBlocks, create_loader
 from lit_gpt.errors import InvalidInput
-from lit_gpt.schedule import Stage, StagePlan
+from lit_gpt.schedule import DecayShape, LearningRate, Stage, StagePlan
 from lit_gpt.tokenizer import Tokenizer
 
 Precision = Literal["bf16-mixed", "bf16-true", "32-true"]
@@ -74,6 +74,13 @@ class RunConfig:
         learning_rate: peak learning rate.
         min_lr: learning rate at the last step.
         warmup_steps: linear warmup steps.
+        lr_schedule: after warmup, cosine or linear decay to min_lr over the whole run, or wsd
+            (warmup-stable-decay): max learning rate until the decay at the end of the run.
+        lr_decay_fraction: with wsd, the share of the steps spent decaying (unless a stage says
+            ``lr_decay: true`` where its decay begins, as a cooldown does).
+        lr_decay_shape: with wsd, the decay's shape: linear, cosine or 1-sqrt.
+        lr_batch_scaling: sqrt multiplies the learning rate by sqrt(batch size / the first stage's) in
+            stages that change the batch size; none leaves it.
         weight_decay: AdamW weight decay.
         beta1: AdamW beta1.
         beta2: AdamW beta2.
@@ -118,6 +125,10 @@ class RunConfig:
     learning_rate: float = 4e-4
     min_lr: float = 4e-5
     warmup_steps: int = 2000
+    lr_schedule: Literal["cosine", "linear", "wsd"] = "cosine"
+    lr_decay_fraction: float = 0.2
+    lr_decay_shape: DecayShape = "1-sqrt"
+    lr_batch_scaling: Literal["none", "sqrt"] = "none"
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
@@ -147,6 +158,17 @@ class RunConfig:
 
     def model(self) -> Config:
         return Config.from_name(self.model_name, **self.model_config)
+
+    def learning_rates(self) -> LearningRate:
+        return LearningRate(
+            self.learning_rate,
+            self.min_lr,
+            self.warmup_steps,
+            self.lr_schedule,
+            self.lr_decay_fraction,
+            self.lr_decay_shape,
+            self.lr_batch_scaling,
+        )
 
     def resolved_precision(self) -> Precision:
         """The precision asked for, or the best the machine has: bf16-mixed on GPUs that support it."""

@@ -11,10 +11,13 @@ from __future__ import annotations
 import bisect
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
 from lit_gpt.errors import InvalidInput
+
+DecayShape = Literal["linear", "cosine", "1-sqrt"]
 
 
 def cosine_lr(step: int, max_lr: float, min_lr: float, warmup_steps: int, max_steps: int) -> float:
@@ -30,6 +33,65 @@ def cosine_lr(step: int, max_lr: float, min_lr: float, warmup_steps: int, max_st
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (max_lr - min_lr)
 
 
+def decay_factor(progress: float, shape: DecayShape) -> float:
+    """From 1 at the start of a decay (progress 0) to 0 at its end (progress 1)."""
+    if shape == "linear":
+        return 1.0 - progress
+    if shape == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return 1.0 - math.sqrt(progress)
+
+
+@dataclass(frozen=True)
+class LearningRate:
+    """The learning rate of every step: linear warmup to ``max_lr``, then
+
+    - ``cosine`` / ``linear``: a decay over the rest of the run to ``min_lr`` at its last step;
+    - ``wsd`` (warmup-stable-decay): ``max_lr`` until the decay, which spans the last ``decay_fraction``
+      of the steps (or starts with the first stage marked ``lr_decay``) and reaches ``min_lr`` at the last
+      step with ``decay_shape``. Raising the run's length during the stable phase moves only the decay, so
+      a resumed, extended run continues at the same learning rate without warming up again.
+
+    ``batch_scaling="sqrt"`` multiplies the rate by sqrt(batch size / the first stage's batch size) in
+    stages that change the batch size.
+    """
+
+    max_lr: float
+    min_lr: float
+    warmup_steps: int
+    schedule: Literal["cosine", "linear", "wsd"] = "cosine"
+    decay_fraction: float = 0.2
+    decay_shape: DecayShape = "1-sqrt"
+    batch_scaling: Literal["none", "sqrt"] = "none"
+
+    def __post_init__(self) -> None:
+        if not 0 < self.decay_fraction <= 1:
+            raise InvalidInput(f"lr_decay_fraction must be in (0, 1], got {self.decay_fraction}")
+
+    def decay_start(self, plan: StagePlan) -> int:
+        """The first step of the WSD decay."""
+        marked = [start for stage, start in zip(plan.stages, plan.start_steps, strict=False) if stage.lr_decay]
+        start = marked[0] if marked else plan.max_steps - max(round(self.decay_fraction * plan.max_steps), 1)
+        return max(start, self.warmup_steps)
+
+    def at(self, step: int, plan: StagePlan) -> float:
+        scale = 1.0
+        if self.batch_scaling == "sqrt":
+            scale = math.sqrt(plan.global_batch_size(step) / plan.batch_sizes[0])
+        if self.schedule == "cosine":
+            return scale * cosine_lr(step, self.max_lr, self.min_lr, self.warmup_steps, plan.max_steps)
+        if step < self.warmup_steps:
+            return scale * self.max_lr * (step + 1) / self.warmup_steps
+        if self.schedule == "linear":
+            progress = (step - self.warmup_steps) / max(plan.max_steps - 1 - self.warmup_steps, 1)
+            factor = decay_factor(min(progress, 1.0), "linear")
+        else:
+            start = self.decay_start(plan)
+            progress = (step - start + 1) / max(plan.max_steps - start, 1) if step >= start else 0.0
+            factor = decay_factor(min(progress, 1.0), self.decay_shape)
+        return scale * (self.min_lr + (self.max_lr - self.min_lr) * factor)
+
+
 @dataclass
 class Stage:
     """One stage of a run.
@@ -41,6 +103,8 @@ class Stage:
         weights: mixture as {source name: weight}; default: the run's source weights.
         ramp_from: a mixture to move away from linearly over the first ``ramp_tokens`` of the stage.
         ramp_tokens: length of that ramp.
+        lr_decay: with the wsd learning-rate schedule, the decay to min_lr begins with this stage (a
+            cooldown), instead of over the run's last lr_decay_fraction of steps.
     """
 
     name: str
@@ -49,6 +113,7 @@ class Stage:
     weights: dict[str, float] | None = None
     ramp_from: dict[str, float] | None = None
     ramp_tokens: int = 0
+    lr_decay: bool = False
 
 
 class StagePlan:

@@ -41,7 +41,7 @@ from lit_gpt.data.loader import BlockLoader
 from lit_gpt.errors import InvalidInput
 from lit_gpt.monitor import MetricLogger, Throughput, create_loggers, format_eta
 from lit_gpt.run import RunConfig
-from lit_gpt.schedule import StagePlan, cosine_lr
+from lit_gpt.schedule import StagePlan
 
 
 def setup(run: RunConfig) -> None:
@@ -149,12 +149,13 @@ def train(
     fingerprint: dict[str, Fingerprint],
 ) -> None:
     batches = iter(train_loader)
+    schedule = run.learning_rates()
     throughput = Throughput(config, fabric.world_size, fabric.device)
     throughput.start(state["step"], plan.tokens_before(state["step"]))
     nonfinite_in_a_row = 0
     while state["step"] < plan.max_steps:
         step = state["step"]
-        lr = cosine_lr(step, run.learning_rate, run.min_lr, run.warmup_steps, plan.max_steps)
+        lr = schedule.at(step, plan)
         accumulation = plan.global_batch_size(step) // (fabric.world_size * run.micro_batch_size)
         loss, grad_norm = train_step(fabric, state, batches, accumulation, lr, run.grad_clip)
         if math.isfinite(loss) and math.isfinite(grad_norm):

@@ -395,3 +395,11 @@ def test_a_directory_made_by_the_original_scripts_trains_through_name_prefixes(t
     assert "not in an index" not in result.stderr
     assert sorted(metrics(tmp_path / "out", "train_loss")) == [1, 2, 3, 4]
     assert sorted(metrics(tmp_path / "out", "val_loss")) == [4]
+
+
+def test_the_wsd_schedule_reaches_the_training_loop(data, tmp_path):
+    extra = ["--max_steps", "6", "--warmup_steps", "1", "--lr_schedule", "wsd", "--lr_decay_fraction", "0.5"]
+    run(train_args(data, tmp_path / "out", *extra, "--lr_decay_shape", "linear", "--eval_interval", "100"))
+    logged = {step: float(lr) for step, lr in metrics(tmp_path / "out", "lr").items()}
+    # 1e-2 through step 3, then linear to 1e-3 over the last three steps (logged after each step)
+    assert [logged[s] for s in range(1, 7)] == pytest.approx([1e-2, 1e-2, 1e-2, 7e-3, 4e-3, 1e-3])

@@ -40,3 +40,12 @@ def test_v1_1_math_code_stages():
 def test_other_recipes_parse(name):
     hparams, plan = recipe(name)
     assert plan.max_steps > 0 and Path(hparams.out_dir).parts[0] == "out"
+
+
+def test_v1_1_wsd_holds_the_learning_rate_until_the_cooldown():
+    hparams, plan = recipe("tiny_llama_v1.1_wsd.yaml")
+    schedule = hparams.learning_rates()
+    cooldown = plan.start_steps[2]
+    assert schedule.decay_start(plan) == cooldown
+    assert schedule.at(cooldown - 1, plan) == schedule.at(plan.start_steps[1], plan) == 4e-4
+    assert schedule.at(cooldown, plan) < 4e-4 and schedule.at(plan.max_steps - 1, plan) == pytest.approx(4e-5)
