@@ -73,43 +73,114 @@ def resume_checkpoint(resume: bool | str | Path, out_dir: Path) -> Path | None:
     return path
 
 
-def save_training_state(
-    fabric: Any,
-    out_dir: Path,
-    state: dict[str, Any],
-    model_config: Config,
-    run_config: dict[str, Any],
-    fingerprint: dict[str, Fingerprint],
-    tokenizer_path: Path | None,
-    keep: int,
-) -> Path:
-    """Write a checkpoint of ``state`` (model, optimizer, ``step``, the loader's position ``data``, ...)
-    with the files that make it self-describing, atomically; keep the newest ``keep`` checkpoints."""
-    final = out_dir / checkpoint_name(state["step"])
-    tmp = out_dir / f".tmp-{final.name}"
-    if fabric.global_rank == 0 and tmp.exists():
-        shutil.rmtree(tmp)  # left by a crash during an earlier save
-    fabric.barrier()
-    fabric.save(tmp, state)
-    if fabric.global_rank == 0:
-        files = {
-            "model_config.json": model_config.to_dict(),
-            "hyperparameters.json": run_config,
-            DATA_FINGERPRINT: {name: source.to_dict() for name, source in fingerprint.items()},
-        }
-        for name, content in files.items():
-            (tmp / name).write_text(json.dumps(content, indent=2, default=str))
-        if tokenizer_path is not None:
-            shutil.copy(Tokenizer(tokenizer_path).path, tmp / "tokenizer.model")
-    fabric.barrier()
-    if fabric.global_rank == 0:
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        for old in complete_checkpoints(out_dir)[:-keep] if keep > 0 else []:
-            shutil.rmtree(old)
-    fabric.barrier()
-    return final
+class CheckpointWriter:
+    """Writes training checkpoints atomically, in the foreground or in the background.
+
+    The model and optimizer state go through torch.distributed.checkpoint (one file per rank, the
+    layout ``fabric.load`` reads), the rest of ``state`` into ``meta.pt``. In the background
+    (``background=True``) the sharded state is first copied to CPU memory (the training loop waits only
+    for that copy), then a thread writes it, while training goes on. Either way the checkpoint is
+    written under a temporary name and renamed once every rank has written its part, so a crash or a
+    ``kill -9`` leaves the previous checkpoint as the newest complete one. At most one write is in flight:
+    a save waits for the one before, and ``finish()`` (at the end of training) for the last.
+    """
+
+    def __init__(
+        self,
+        fabric: Any,
+        out_dir: Path,
+        files: dict[str, Any],
+        tokenizer_path: Path | None,
+        keep: int,
+        background: bool = False,
+    ) -> None:
+        """``files``: JSON files (name -> content) written into every checkpoint to describe it."""
+        import torch.distributed as dist
+
+        self.fabric, self.out_dir, self.files, self.keep = fabric, out_dir, files, keep
+        self.tokenizer = Tokenizer(tokenizer_path).path if tokenizer_path is not None else None
+        self.background = background
+        # The writer thread's collectives need a process group of their own, next to training's (and on
+        # CPU, as async saving asks for one even when training talks over NCCL).
+        self.group = dist.new_group(backend="gloo") if background else None
+        self.in_flight: tuple[Any, Path, Path] | None = None  # (future, temporary dir, final dir)
+
+    def save(self, state: dict[str, Any]) -> Path:
+        """Start writing ``state`` (``model``, ``optimizer``, ``step`` and plain values) as
+        ``out_dir/step-{step:08d}``; in the foreground the checkpoint is complete on return."""
+        import torch.distributed.checkpoint as dcp
+
+        self.finish()
+        final = self.out_dir / checkpoint_name(state["step"])
+        tmp = self.out_dir / f".tmp-{final.name}"
+        if self.fabric.global_rank == 0:
+            if tmp.exists():
+                shutil.rmtree(tmp)  # left by a crash during an earlier save
+            tmp.mkdir(parents=True)
+        self.fabric.barrier()
+        tensors, metadata = sharded_state(state)
+        if self.fabric.global_rank == 0:
+            torch.save(metadata, tmp / "meta.pt")
+            for name, content in self.files.items():
+                (tmp / name).write_text(json.dumps(content, indent=2, default=str))
+            if self.tokenizer is not None:
+                shutil.copy(self.tokenizer, tmp / "tokenizer.model")
+        if self.background:
+            self.in_flight = (dcp.async_save(tensors, checkpoint_id=tmp, process_group=self.group), tmp, final)
+        else:
+            dcp.save(tensors, checkpoint_id=tmp)
+            self.in_flight = (None, tmp, final)
+            self.finish()
+            self.fabric.barrier()
+        return final
+
+    def poll(self) -> Path | None:
+        """The checkpoint whose background write has just completed (now renamed into place), if any."""
+        if self.in_flight is None or (self.in_flight[0] is not None and not self.in_flight[0].done()):
+            return None
+        return self.finish()
+
+    def finish(self) -> Path | None:
+        """Wait for the write in flight, if any, and put its checkpoint in place; returns it."""
+        if self.in_flight is None:
+            return None
+        future, tmp, final = self.in_flight
+        self.in_flight = None
+        if future is not None:
+            future.result()  # on rank 0 (the coordinator), complete only when every rank has written
+        if self.fabric.global_rank == 0:
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            for old in complete_checkpoints(self.out_dir)[: -self.keep] if self.keep > 0 else []:
+                shutil.rmtree(old)
+        return final
+
+
+def sharded_state(state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``state`` split as Fabric saves it: the model's and optimizer's sharded state dicts (their
+    tensors, offloaded to CPU), and everything else (counters, positions) for ``meta.pt``."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=False, cpu_offload=True)
+    unwrapped = {key: unwrap(obj) for key, obj in state.items()}  # Fabric's wrappers hold the real objects
+    model = next(obj for obj in unwrapped.values() if isinstance(obj, torch.nn.Module))
+    tensors, metadata = {}, {}
+    for key, obj in unwrapped.items():
+        if isinstance(obj, torch.nn.Module):
+            tensors[key] = get_model_state_dict(obj, options=options)
+        elif isinstance(obj, torch.optim.Optimizer):
+            tensors[key] = get_optimizer_state_dict(model, obj, options=options)
+        else:
+            metadata[key] = obj
+    return tensors, metadata
+
+
+def unwrap(obj: Any) -> Any:
+    """The module or optimizer inside Fabric's wrapper (``fabric.setup``), or ``obj`` itself."""
+    if isinstance(obj, torch.nn.Module):
+        return getattr(obj, "module", obj)
+    return getattr(obj, "optimizer", obj)
 
 
 def load_training_state(

@@ -26,7 +26,7 @@ import importlib
 import math
 from collections.abc import Iterator
 from types import ModuleType
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -223,39 +223,64 @@ def cross_entropy_reference(logits: torch.Tensor, targets: torch.Tensor, ignore_
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=ignore_index)
 
 
+class LossTerms(NamedTuple):
+    """The training loss and, for the log, the z-loss term it includes (``lit_gpt.kernels``)."""
+
+    loss: torch.Tensor  # what training minimises: mean cross-entropy + z_loss x z_term
+    z_term: torch.Tensor  # mean logsumexp(logits)^2 over the targets, detached
+
+
 def linear_cross_entropy_reference(
-    x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100
-) -> torch.Tensor:
-    """The output projection followed by the mean cross-entropy, written out."""
-    return cross_entropy_reference(x @ weight.T, targets, ignore_index)
+    x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100, z_loss: float = 0.0
+) -> LossTerms:
+    """The output projection, the mean cross-entropy and the z-loss (PaLM), written out on full logits."""
+    logits = (x @ weight.T).reshape(-1, weight.shape[0]).float()
+    valid = targets.reshape(-1) != ignore_index
+    z_term = (torch.logsumexp(logits, dim=-1)[valid] ** 2).mean()
+    return LossTerms(cross_entropy_reference(logits, targets, ignore_index) + z_loss * z_term, z_term.detach())
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
-    """Output projection + cross-entropy, ``chunk_rows`` positions at a time, never holding all logits.
+    """Output projection + cross-entropy (+ z-loss), ``chunk_rows`` positions at a time, never holding all
+    logits.
 
     For each chunk the forward pass computes the logits, the loss and, when gradients are needed, the
     gradients of the loss with respect to the hidden states and the weight; the backward pass only
     scales them. Compared with materialising the (B, T, V) logits and their gradient, this saves two
-    tensors of that size and one pass over each.
+    tensors of that size and one pass over each. The z-loss ``z_loss x logsumexp(logits)^2`` (which keeps
+    the softmax normaliser near 1, against bf16 drift) adds ``2 z_loss x logsumexp x softmax`` to the
+    gradient of the logits: the same pass, no extra memory.
     """
 
     @staticmethod
     def forward(
-        ctx, x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int, chunk_rows: int
-    ) -> torch.Tensor:
+        ctx,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        targets: torch.Tensor,
+        ignore_index: int,
+        chunk_rows: int,
+        z_loss: float,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         valid = targets != ignore_index
         safe_targets = targets.masked_fill(~valid, 0)
         needs_x, needs_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_x = torch.empty_like(x) if needs_x else None
         grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if needs_weight else None
         total = torch.zeros((), dtype=torch.float32, device=x.device)
+        z_total = torch.zeros((), dtype=torch.float32, device=x.device)
         for start in range(0, x.shape[0], chunk_rows):
             rows = slice(start, start + chunk_rows)
-            log_probs = torch.log_softmax((x[rows] @ weight.T).float(), dim=-1)
+            logits = (x[rows] @ weight.T).float()
+            lse = torch.logsumexp(logits, dim=-1)
+            log_probs = logits.sub_(lse[:, None])
             picked = log_probs.gather(1, safe_targets[rows, None]).squeeze(1)
             total -= (picked * valid[rows]).sum()
+            z_total += (lse.square() * valid[rows]).sum()
             if needs_x or needs_weight:
-                grad = log_probs.exp_()  # d loss_row / d logits = softmax - one_hot
+                grad = log_probs.exp_()  # d loss_row / d logits = softmax (1 + 2 z_loss lse) - one_hot
+                if z_loss:
+                    grad.mul_(1 + 2 * z_loss * lse[:, None])
                 grad.scatter_add_(1, safe_targets[rows, None], torch.full_like(grad[:, :1], -1.0))
                 grad = grad.mul_(valid[rows, None]).to(x.dtype)
                 if needs_x:
@@ -265,16 +290,20 @@ class _LinearCrossEntropy(torch.autograd.Function):
         count = valid.sum()
         ctx.save_for_backward(count, *(g for g in (grad_x, grad_weight) if g is not None))
         ctx.weight_dtype, ctx.has = weight.dtype, (needs_x, needs_weight)
-        return total / count
+        z_term = z_total / count
+        ctx.mark_non_differentiable(z_term)
+        return total / count + z_loss * z_term, z_term
 
     @staticmethod
-    def backward(ctx, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None, None]:
+    def backward(
+        ctx, grad_output: torch.Tensor, _: torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None, None, None]:
         count, *grads = ctx.saved_tensors
         factor = grad_output / count
         needs_x, needs_weight = ctx.has
         grad_x = grads.pop(0) * factor.to(grads[0].dtype) if needs_x else None
         grad_weight = (grads.pop(0) * factor).to(ctx.weight_dtype) if needs_weight else None
-        return grad_x, grad_weight, None, None, None
+        return grad_x, grad_weight, None, None, None, None
 
 
 def linear_cross_entropy(
@@ -283,13 +312,18 @@ def linear_cross_entropy(
     targets: torch.Tensor,
     ignore_index: int = -100,
     chunk_rows: int | None = None,
-) -> torch.Tensor:
-    """Mean cross-entropy of the logits ``x @ weight.T`` (x: (..., d), weight: (V, d)) against ``targets``.
+    z_loss: float = 0.0,
+) -> LossTerms:
+    """Mean cross-entropy of the logits ``x @ weight.T`` (x: (..., d), weight: (V, d)) against ``targets``,
+    plus ``z_loss`` times the mean squared logsumexp of the logits.
 
     The training loss of the model: the (B, T, V) logits are never materialised. By default a chunk
     holds about 8M logits (32 MB in fp32), which keeps the temporaries small and the matmuls large.
     """
     if _backend == "reference":
-        return linear_cross_entropy_reference(x, weight, targets, ignore_index)
+        return linear_cross_entropy_reference(x, weight, targets, ignore_index, z_loss)
     chunk_rows = chunk_rows or max(1, (1 << 23) // weight.shape[0])
-    return _LinearCrossEntropy.apply(x.reshape(-1, x.shape[-1]), weight, targets.reshape(-1), ignore_index, chunk_rows)
+    loss, z_term = _LinearCrossEntropy.apply(
+        x.reshape(-1, x.shape[-1]), weight, targets.reshape(-1), ignore_index, chunk_rows, z_loss
+    )
+    return LossTerms(loss, z_term)

@@ -57,13 +57,18 @@ class GPT(nn.Module):
             nn.init.normal_(block.mlp.proj.weight, mean=0.0, std=residual_std)
 
     def forward(
-        self, idx: torch.Tensor, input_pos: torch.Tensor | None = None, targets: torch.Tensor | None = None
-    ) -> torch.Tensor:
+        self,
+        idx: torch.Tensor,
+        input_pos: torch.Tensor | None = None,
+        targets: torch.Tensor | None = None,
+        z_loss: float = 0.0,
+    ) -> torch.Tensor | kernels.LossTerms:
         """Logits (B, T, padded_vocab_size) for token ids ``idx`` (B, T), or with ``targets`` the loss.
 
         ``input_pos`` (T,) gives the absolute positions of ``idx`` when decoding with a KV cache
         (see :meth:`set_kv_cache`); without it the tokens are positions 0..T-1. With ``targets`` (B, T)
-        the mean cross-entropy is computed chunk by chunk without materialising the logits.
+        the mean cross-entropy (plus ``z_loss`` x the mean squared logsumexp of the logits) is computed
+        chunk by chunk without materialising the logits; ``LossTerms`` holds it and the z term.
         """
         T = idx.shape[1]
         if input_pos is None:
@@ -79,7 +84,7 @@ class GPT(nn.Module):
                 x = block(x, cos, sin, input_pos)
         x = self.transformer.ln_f(x)
         if targets is not None:
-            return kernels.linear_cross_entropy(x, self.lm_head.weight, targets)
+            return kernels.linear_cross_entropy(x, self.lm_head.weight, targets, z_loss=z_loss)
         return self.lm_head(x)
 
     def set_kv_cache(self, batch_size: int, max_seq_length: int | None = None) -> None:

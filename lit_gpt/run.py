@@ -20,6 +20,7 @@ from lit_gpt.data.index import file_sha256
 from lit_gpt.data.loader import BlockLoader, ShardedBlocks, create_loader
 from lit_gpt.errors import InvalidInput
 from lit_gpt.schedule import DecayShape, LearningRate, Stage, StagePlan
+from lit_gpt.spikes import SpikeGuard
 from lit_gpt.tokenizer import Tokenizer
 
 Precision = Literal["bf16-mixed", "bf16-true", "32-true"]
@@ -85,10 +86,20 @@ class RunConfig:
         beta1: AdamW beta1.
         beta2: AdamW beta2.
         grad_clip: maximum global gradient norm.
+        z_loss: coefficient of the z-loss, z_loss x logsumexp(logits)^2, added to the training loss to keep
+            the output softmax normalised (PaLM, OLMo use 1e-4); 0 turns it off.
+        spike_guard: skip the update of a step whose loss or gradient norm is more than spike_sigma
+            standard deviations above the mean of the last spike_window steps (once that many steps of
+            the stage have been taken); the step's batch is not retried.
+        spike_window: steps in the spike guard's rolling window.
+        spike_sigma: how many standard deviations above the window's mean make a spike.
         log_interval: optimizer steps between console/metrics lines.
         eval_interval: optimizer steps between validations.
         eval_iters: micro-batches per rank in a validation.
         save_interval: optimizer steps between checkpoints (one is also written at the end).
+        save_initial: also write the checkpoint of step 0, before any update.
+        async_checkpoint: write checkpoints in the background: training waits only for a copy of its
+            state in CPU memory; a checkpoint still appears complete or not at all.
         keep_checkpoints: how many of the newest checkpoints to keep.
         resume: "auto" continues from the newest complete checkpoint in out_dir if there is one; a path
             resumes from that checkpoint (on any number of devices); false starts a new run, which an
@@ -133,10 +144,16 @@ class RunConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0
+    z_loss: float = 0.0
+    spike_guard: bool = True
+    spike_window: int = 128
+    spike_sigma: float = 6.0
     log_interval: int = 10
     eval_interval: int = 1000
     eval_iters: int = 100
     save_interval: int = 1000
+    save_initial: bool = False
+    async_checkpoint: bool = False
     keep_checkpoints: int = 3
     resume: bool | Literal["auto"] | Path = "auto"
     overwrite: bool = False
@@ -169,6 +186,15 @@ class RunConfig:
             self.lr_decay_shape,
             self.lr_batch_scaling,
         )
+
+    def spikes(self) -> SpikeGuard:
+        """The loss-spike guard the settings ask for (switched off, it still keeps its window)."""
+        if self.spike_window < 2 or not self.spike_sigma > 0:
+            raise InvalidInput(
+                f"--spike_window must be at least 2 and --spike_sigma positive, not {self.spike_window} and "
+                f"{self.spike_sigma}"
+            )
+        return SpikeGuard(self.spike_window, self.spike_sigma, enabled=self.spike_guard)
 
     def resolved_precision(self) -> Precision:
         """The precision asked for, or the best the machine has: bf16-mixed on GPUs that support it."""

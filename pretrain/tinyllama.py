@@ -27,21 +27,22 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from lit_gpt import GPT, Config, kernels
 from lit_gpt.checkpoint import (
+    DATA_FINGERPRINT,
+    CheckpointWriter,
     check_state_dict,
     complete_checkpoints,
     load_model_weights,
     load_training_state,
     remove_run,
     resume_checkpoint,
-    save_training_state,
 )
 from lit_gpt.cli import run as run_command
-from lit_gpt.data.index import Fingerprint
 from lit_gpt.data.loader import BlockLoader
 from lit_gpt.errors import InvalidInput
 from lit_gpt.monitor import MetricLogger, Throughput, create_loggers, format_eta
 from lit_gpt.run import RunConfig
 from lit_gpt.schedule import StagePlan
+from lit_gpt.spikes import SpikeGuard
 
 
 def setup(run: RunConfig) -> None:
@@ -85,6 +86,9 @@ def main(fabric: L.Fabric, run: RunConfig) -> None:
     train_loader = run.training_loader(config, plan, rank, world)
     val_loader = run.validation_loader(config, rank, world)
     run.check_tokenizer(config, train_loader.dataset.sources + (val_loader.dataset.sources if val_loader else []))
+    if run.z_loss < 0:
+        raise InvalidInput(f"--z_loss must not be negative, not {run.z_loss}")
+    guard = run.spikes()
     names = [source.name for source in run.train_data]
     fingerprint = {name: blocks.fingerprint() for name, blocks in zip(names, train_loader.dataset.sources, strict=True)}
     resume_from = claim_out_dir(fabric, run)
@@ -116,11 +120,20 @@ def main(fabric: L.Fabric, run: RunConfig) -> None:
     )
     optimizer = fabric.setup_optimizers(optimizer)
 
-    state = {"model": model, "optimizer": optimizer, "step": 0, "skipped_steps": 0, "data": None}
+    state = {
+        "model": model,
+        "optimizer": optimizer,
+        "step": 0,
+        "skipped_steps": 0,
+        "spike_steps": 0,
+        "data": train_loader.state_dict(),
+        "spike_guard": guard.state_dict(),
+    }
     if resume_from is not None:
         for change in load_training_state(fabric, resume_from, state, fingerprint, run.allow_data_change):
             fabric.print(f"{change}; resuming anyway (--allow_data_change true)")
         train_loader.load_state_dict(state["data"])
+        guard.load_state_dict(state["spike_guard"])
         step = state["step"]
         fabric.print(f"Resumed from {resume_from} at step {step:,} ({plan.tokens_before(step):,} tokens)")
         if step >= plan.max_steps:
@@ -132,7 +145,20 @@ def main(fabric: L.Fabric, run: RunConfig) -> None:
             return
 
     loggers = create_loggers(run.out_dir, run.logger, state["step"], run.to_dict()) if rank == 0 else []
-    train(fabric, run, config, plan, state, train_loader, val_loader, loggers, fingerprint)
+    files = {
+        "model_config.json": config.to_dict(),
+        "hyperparameters.json": run.to_dict(),
+        DATA_FINGERPRINT: {name: source.to_dict() for name, source in fingerprint.items()},
+    }
+    writer = CheckpointWriter(
+        fabric, run.out_dir, files, run.tokenizer_path, run.keep_checkpoints, background=run.async_checkpoint
+    )
+    if run.save_initial and state["step"] == 0:
+        save(fabric, writer, state, train_loader, guard)
+    train(fabric, run, config, plan, state, train_loader, val_loader, loggers, writer, guard)
+    finished = writer.finish()
+    if finished is not None:
+        fabric.print(f"Saved {finished}")
     for logger in loggers:
         logger.close()
 
@@ -146,7 +172,8 @@ def train(
     train_loader: BlockLoader,
     val_loader: BlockLoader | None,
     loggers: list[MetricLogger],
-    fingerprint: dict[str, Fingerprint],
+    writer: CheckpointWriter,
+    guard: SpikeGuard,
 ) -> None:
     batches = iter(train_loader)
     schedule = run.learning_rates()
@@ -157,22 +184,28 @@ def train(
         step = state["step"]
         lr = schedule.at(step, plan)
         accumulation = plan.global_batch_size(step) // (fabric.world_size * run.micro_batch_size)
-        loss, grad_norm = train_step(fabric, state, batches, accumulation, lr, run.grad_clip)
+        if step > 0 and plan.stage_index(step) != plan.stage_index(step - 1):
+            guard.reset()  # a new batch size or mixture moves the loss: measure it afresh
+        measured = train_step(fabric, state, batches, accumulation, lr, run.grad_clip, run.z_loss, guard)
+        loss, grad_norm = measured["loss"], measured["grad_norm"]
         if math.isfinite(loss) and math.isfinite(grad_norm):
             nonfinite_in_a_row = 0
+            if measured["spike"] is not None:
+                state["spike_steps"] += 1
+                fabric.print(f"Step {step + 1}: {measured['spike']}; update skipped (loss spike)")
         else:
             state["skipped_steps"] += 1
             nonfinite_in_a_row += 1
-            fabric.print(f"Step {step}: non-finite loss {loss} or gradient norm {grad_norm}; step skipped")
+            fabric.print(f"Step {step + 1}: non-finite loss {loss} or gradient norm {grad_norm}; step skipped")
             if nonfinite_in_a_row >= run.max_nonfinite_steps:
                 raise InvalidInput(
                     f"{nonfinite_in_a_row} steps in a row had a non-finite loss or gradient norm (last at step "
-                    f"{step}); lower the learning rate or resume from an earlier checkpoint"
+                    f"{step + 1}); lower the learning rate or resume from an earlier checkpoint"
                 )
         state["step"] += 1
         done = state["step"] == plan.max_steps
         if state["step"] % run.log_interval == 0 or done:
-            report(fabric, plan, state, throughput, loggers, loss=loss, lr=lr, grad_norm=grad_norm)
+            report(fabric, plan, state, throughput, loggers, lr=lr, **measured)
         if val_loader is not None and (state["step"] % run.eval_interval == 0 or done):
             val_loss = validate(fabric, state["model"], val_loader, run.eval_iters)
             fabric.print(
@@ -183,37 +216,57 @@ def train(
                 logger.log(metrics, state["step"])
             throughput.start(state["step"], plan.tokens_before(state["step"]))  # validation is not training time
         if state["step"] % run.save_interval == 0 or done:
-            state["data"] = train_loader.state_dict()  # global counters: the same on every rank
-            config_dict = run.to_dict()
-            path = save_training_state(
-                fabric, run.out_dir, state, config, config_dict, fingerprint, run.tokenizer_path, run.keep_checkpoints
-            )
-            fabric.print(f"Saved {path}")
+            save(fabric, writer, state, train_loader, guard)
             throughput.start(state["step"], plan.tokens_before(state["step"]))  # nor is saving
+        else:
+            finished = writer.poll()
+            if finished is not None:
+                fabric.print(f"Saved {finished}")
+
+
+def save(fabric: L.Fabric, writer: CheckpointWriter, state: dict, train_loader: BlockLoader, guard: SpikeGuard) -> None:
+    """Checkpoint the state after ``state["step"]`` steps (in the background with --async_checkpoint)."""
+    state["data"] = train_loader.state_dict()  # global counters: the same on every rank
+    state["spike_guard"] = guard.state_dict()
+    finished = writer.finish()  # at most one write in flight
+    if finished is not None:
+        fabric.print(f"Saved {finished}")
+    path = writer.save(state)
+    fabric.print(f"Saving {path} in the background" if writer.background else f"Saved {path}")
 
 
 def train_step(
-    fabric: L.Fabric, state: dict, batches: Iterator[torch.Tensor], accumulation: int, lr: float, grad_clip: float
-) -> tuple[float, float]:
-    """One optimizer step over ``accumulation`` micro-batches per rank; the update is applied only when
-    the loss and the gradient norm are finite. Returns both, averaged and global."""
+    fabric: L.Fabric,
+    state: dict,
+    batches: Iterator[torch.Tensor],
+    accumulation: int,
+    lr: float,
+    grad_clip: float,
+    z_loss: float,
+    guard: SpikeGuard,
+) -> dict:
+    """One optimizer step over ``accumulation`` micro-batches per rank. The update is applied only when
+    the loss and the gradient norm are finite and ``guard`` finds no spike. Returns the loss, the z-loss
+    term, the gradient norm (averaged and global) and the guard's verdict."""
     model, optimizer = state["model"], state["optimizer"]
     for group in optimizer.param_groups:
         group["lr"] = lr
-    loss_sum = torch.zeros((), device=fabric.device)
+    sums = torch.zeros(2, device=fabric.device)  # loss, z term
     for micro_step in range(accumulation):
         batch = next(batches).to(fabric.device, non_blocking=True)
         with fabric.no_backward_sync(model, enabled=micro_step < accumulation - 1):
-            loss = model(batch[:, :-1], targets=batch[:, 1:])
-            fabric.backward(loss / accumulation)
-        loss_sum += loss.detach()
-    loss = fabric.all_reduce(loss_sum / accumulation, reduce_op="mean")
+            terms = model(batch[:, :-1], targets=batch[:, 1:], z_loss=z_loss)
+            fabric.backward(terms.loss / accumulation)
+        sums += torch.stack([terms.loss.detach(), terms.z_term])
+    loss, z_term = fabric.all_reduce(sums / accumulation, reduce_op="mean").tolist()
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip, foreach=True)
-    grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
-    if torch.isfinite(loss) and torch.isfinite(grad_norm):
+    grad_norm = (grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm).item()
+    spike = guard.check(loss=loss, grad_norm=grad_norm)
+    if math.isfinite(loss) and math.isfinite(grad_norm) and spike is None:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return loss.item(), grad_norm.item()
+    measured = {"loss": loss, "grad_norm": grad_norm, "spike": spike}
+    return measured | ({"z_loss": z_loss * z_term} if z_loss else {})
 
 
 def report(
@@ -235,6 +288,8 @@ def report(
         grad_norm=measured["grad_norm"],
         global_batch_size=plan.global_batch_size(step - 1),
         skipped_steps=state["skipped_steps"],
+        spike_steps=state["spike_steps"],
+        **({"z_loss": measured["z_loss"]} if "z_loss" in measured else {}),
         **speed,
     )
     mfu = f"{speed['mfu']:.1%}" if speed["mfu"] is not None else "n/a"
@@ -264,7 +319,7 @@ def validate(fabric: L.Fabric, model: torch.nn.Module, loader: BlockLoader, eval
     for i in range(rounds):
         real = i < len(batches)
         batch = (batches[i] if real else torch.zeros(1, block_tokens, dtype=torch.long)).to(fabric.device)
-        loss = model(batch[:, :-1], targets=batch[:, 1:])
+        loss = model(batch[:, :-1], targets=batch[:, 1:]).loss
         tokens = batch[:, 1:].numel() if real else 0
         total += torch.stack([loss.double() * tokens, torch.tensor(tokens, device=fabric.device, dtype=torch.float64)])
     total = fabric.all_reduce(total, reduce_op="sum")

@@ -60,7 +60,7 @@ def measure(
 
     def step() -> None:
         if which == "ours":
-            loss = forward(data[:, :-1], targets=data[:, 1:])
+            loss = forward(data[:, :-1], targets=data[:, 1:]).loss
         else:
             loss = forward(input_ids=data[:, :-1], labels=data[:, :-1], use_cache=False).loss
         loss.backward()

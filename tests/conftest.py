@@ -85,7 +85,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-TINY = "{n_layer: 2, n_embd: 64, n_head: 4, n_query_groups: 2, intermediate_size: 128, block_size: 32}"
+TINY_OVERRIDES = dict(n_layer=2, n_embd=64, n_head=4, n_query_groups=2, intermediate_size=128, block_size=32)
+TINY = "{" + ", ".join(f"{key}: {value}" for key, value in TINY_OVERRIDES.items()) + "}"  # as --model_config
 
 
 def train_args(data: Path, out_dir: Path, *extra: str) -> list[str]:

@@ -128,14 +128,15 @@ def test_cross_entropy_reference_is_mean_negative_log_likelihood():
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("chunk_rows", [5, None])
-def test_linear_cross_entropy_fused_equals_reference(device, dtype, chunk_rows):
+@pytest.mark.parametrize("z_loss", [0.0, 1e-2])
+def test_linear_cross_entropy_fused_equals_reference(device, dtype, chunk_rows, z_loss):
     x = torch.randn(2, 13, 32, device=device, dtype=dtype)
     weight = (torch.randn(300, 32, device=device) / 4).to(dtype)
     targets = torch.randint(0, 300, (2, 13), device=device)
     targets[1, -3:] = -100
 
     def loss(x, weight):
-        return kernels.linear_cross_entropy(x, weight, targets, chunk_rows=chunk_rows).unsqueeze(0)
+        return kernels.linear_cross_entropy(x, weight, targets, chunk_rows=chunk_rows, z_loss=z_loss).loss.unsqueeze(0)
 
     (fast_out, fast_grads), (ref_out, ref_grads) = both_backends(loss, x, weight)
     assert [g.dtype for g in fast_grads] == [dtype, dtype]
@@ -144,16 +145,49 @@ def test_linear_cross_entropy_fused_equals_reference(device, dtype, chunk_rows):
         torch.testing.assert_close(fast.float(), ref.float(), **TOLERANCE[dtype])
 
 
+@pytest.mark.parametrize("chunk_rows", [4, 7, None])
+def test_z_loss_equals_the_formula_on_full_logits(chunk_rows):
+    """cross-entropy + coef x mean(logsumexp(logits)^2) over the targets, value and gradients, written out
+    here with torch.logsumexp on the whole (N, V) logits."""
+    coef = 0.05
+    x = torch.randn(3, 9, 16, dtype=torch.float64).float()
+    weight = torch.randn(200, 16) * 2  # logits large enough that logsumexp^2 matters
+    targets = torch.randint(0, 200, (3, 9))
+    targets[0, :4] = -100
+
+    def formula(x, weight):
+        logits = (x @ weight.T).reshape(-1, 200)
+        keep = targets.reshape(-1) != -100
+        z_term = torch.logsumexp(logits, dim=-1)[keep].pow(2).mean()
+        nll = -logits.log_softmax(-1)[keep].gather(1, targets.reshape(-1)[keep, None]).mean()
+        return (nll + coef * z_term).unsqueeze(0), z_term
+
+    def chunked(x, weight):
+        terms = kernels.linear_cross_entropy(x, weight, targets, chunk_rows=chunk_rows, z_loss=coef)
+        return terms.loss.unsqueeze(0), terms.z_term
+
+    (ours, ours_grads), (expected, expected_grads) = (
+        values_and_grads(lambda *t: chunked(*t)[0], x, weight),
+        values_and_grads(lambda *t: formula(*t)[0], x, weight),
+    )
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
+    for mine, theirs in zip(ours_grads, expected_grads, strict=True):
+        torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(chunked(x, weight)[1], formula(x, weight)[1], atol=1e-5, rtol=1e-5)
+    without = kernels.linear_cross_entropy(x, weight, targets, chunk_rows=chunk_rows).loss
+    assert ours.item() - without.item() > 0.1  # the term is really added
+
+
 def test_linear_cross_entropy_holds_no_logits():
     x = torch.randn(512, 16, requires_grad=True)
     weight = torch.randn(1000, 16, requires_grad=True)
     saved: list[torch.Tensor] = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        loss = kernels.linear_cross_entropy(x, weight, torch.randint(0, 1000, (512,)), chunk_rows=64)
+        loss = kernels.linear_cross_entropy(x, weight, torch.randint(0, 1000, (512,)), chunk_rows=64, z_loss=1e-4).loss
     assert max(t.numel() for t in saved) <= weight.numel()  # at most (V, d), never (N, V)
     loss.backward()
     with torch.no_grad():  # evaluation computes no gradients at all
-        assert torch.isfinite(kernels.linear_cross_entropy(x, weight, torch.zeros(512, dtype=torch.long)))
+        assert torch.isfinite(kernels.linear_cross_entropy(x, weight, torch.zeros(512, dtype=torch.long)).loss)
 
 
 def test_unknown_backend_is_refused():

@@ -23,7 +23,7 @@ from lit_gpt.data.shards import write_shard
 from lit_gpt.run import DataSource, RunConfig
 from lit_gpt.schedule import Stage
 
-from conftest import DEMO_TOKENIZER, REPO_ROOT, assert_refused, free_port, train_args
+from conftest import DEMO_TOKENIZER, REPO_ROOT, TINY_OVERRIDES, assert_refused, free_port, train_args
 
 SCRIPT = REPO_ROOT / "pretrain" / "tinyllama.py"
 
@@ -78,13 +78,21 @@ def test_any_number_of_processes_trains_on_the_same_data_and_resumes_on_another(
         assert_same_losses(one, resumed, [4, 5, 6], f"resumed on {devices}")
 
 
-def test_resume_after_kill_9_mid_checkpoint_is_bitwise_exact(data, tmp_path):
+@pytest.mark.parametrize(
+    "mode,processes", [("sync", 1), ("async", 1), ("async", 2)], ids=["sync", "async", "async-torchrun-2"]
+)
+def test_resume_after_kill_9_mid_checkpoint_is_bitwise_exact(data, tmp_path, mode, processes):
+    """Killed while a checkpoint is being written (in the foreground, or in the background while training
+    goes on), the run resumes from the newest complete one with the losses of an uninterrupted run, which
+    asynchronous saving does not change either."""
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
-    extra = ["--max_steps", "10", "--save_interval", "2", "--keep_checkpoints", "2"]
-    run(train_args(data, reference, *extra))
+    extra = ["--max_steps", "10", "--save_interval", "2", "--keep_checkpoints", "2", "--devices", str(processes)]
+    launcher = torchrun(processes) if processes > 1 else [sys.executable]
+    run(train_args(data, reference, *extra), launcher=launcher)
+    extra += ["--async_checkpoint", "true"] if mode == "async" else []
 
     process = subprocess.Popen(
-        [sys.executable, str(SCRIPT), *train_args(data, resumed, *extra)],
+        [*launcher, str(SCRIPT), *train_args(data, resumed, *extra)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -92,23 +100,33 @@ def test_resume_after_kill_9_mid_checkpoint_is_bitwise_exact(data, tmp_path):
     while caught is None and process.poll() is None and time.monotonic() < deadline:
         names = os.listdir(resumed) if resumed.exists() else []
         caught = next((n for n in names if n.startswith(".tmp-step-") and n >= ".tmp-step-00000006"), None)
-    process.send_signal(signal.SIGKILL)
+    kill_9(str(resumed))  # torchrun and its workers, which run in sessions of their own
     process.wait()
     assert caught is not None, "the run was not caught while writing a checkpoint"
     complete = sorted(p.name for p in resumed.glob("step-*"))
     assert complete and complete[-1] < "step-00000010"
     resumed_from = int(complete[-1].split("-")[1])
 
-    result = run(train_args(data, resumed, *extra, "--resume", "auto"))
+    result = run(train_args(data, resumed, *extra, "--resume", "auto"), launcher=launcher)
     assert f"Resumed from {resumed / complete[-1]} at step {resumed_from}" in result.stdout
     expected, actual = metrics(reference, "train_loss"), metrics(resumed, "train_loss")
     assert sorted(actual) == list(range(1, 11))
-    assert [actual[s] for s in range(resumed_from + 1, 11)] == [expected[s] for s in range(resumed_from + 1, 11)]
+    assert actual == expected  # the steps before the kill, and those after the resume
     assert metrics(resumed, "val_loss") == metrics(reference, "val_loss")
     assert sorted(p.name for p in resumed.iterdir() if p.name.startswith(("step-", ".tmp"))) == [
         "step-00000008",
         "step-00000010",
     ]
+
+
+def kill_9(marker: str) -> None:
+    """SIGKILL every process of ours whose command line holds ``marker``."""
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and marker.encode() in (entry / "cmdline").read_bytes():
+                os.kill(int(entry.name), signal.SIGKILL)
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            pass  # it ended meanwhile
 
 
 def test_stages_change_the_batch_size_at_the_right_steps(data, tmp_path):
@@ -272,9 +290,7 @@ def run_demo(tmp_path: Path, *extra: str) -> None:
 def test_initial_checkpoint_starts_from_its_weights(data, tmp_path):
     from safetensors.torch import save_file
 
-    config = Config.from_name(
-        "tiny_LLaMA_5M", n_layer=2, n_embd=64, n_head=4, n_query_groups=2, intermediate_size=128, block_size=32
-    )
+    config = Config.from_name("tiny_LLaMA_5M", **TINY_OVERRIDES)
     initial = {name: torch.randn_like(t) * 0.05 for name, t in GPT(config).state_dict().items()}
     (tmp_path / "lit").mkdir()
     save_file(initial, tmp_path / "lit" / "model.safetensors")
@@ -403,3 +419,34 @@ def test_the_wsd_schedule_reaches_the_training_loop(data, tmp_path):
     logged = {step: float(lr) for step, lr in metrics(tmp_path / "out", "lr").items()}
     # 1e-2 through step 3, then linear to 1e-3 over the last three steps (logged after each step)
     assert [logged[s] for s in range(1, 7)] == pytest.approx([1e-2, 1e-2, 1e-2, 7e-3, 4e-3, 1e-3])
+
+
+def test_save_initial_writes_step_0_from_which_the_run_replays(data, tmp_path):
+    extra = ["--max_steps", "4", "--save_interval", "2", "--keep_checkpoints", "5", "--eval_interval", "100"]
+    run(train_args(data, tmp_path / "out", *extra, "--save_initial", "true"))
+    assert sorted(p.name for p in (tmp_path / "out").glob("step-*")) == [f"step-0000000{i}" for i in (0, 2, 4)]
+    torch.manual_seed(42)  # the run's seed, from which it initialises the model
+    config = Config.from_name("tiny_LLaMA_5M", **TINY_OVERRIDES)
+    fresh = GPT(config).state_dict()
+    saved = load_model_weights(tmp_path / "out" / "step-00000000")
+    assert sorted(saved) == sorted(fresh) and all(torch.equal(saved[k], fresh[k]) for k in fresh)
+
+    replay = tmp_path / "replay"
+    run(train_args(data, replay, *extra, "--resume", str(tmp_path / "out" / "step-00000000")))
+    assert metrics(replay, "train_loss") == metrics(tmp_path / "out", "train_loss")
+
+
+def test_z_loss_is_added_to_the_training_loss_and_logged_apart(data, tmp_path):
+    extra = ["--max_steps", "2", "--eval_interval", "100"]
+    run(train_args(data, tmp_path / "plain", *extra))
+    run(train_args(data, tmp_path / "z", *extra, "--z_loss", "1e-2"))
+    plain, with_z, z = (
+        metrics(tmp_path / "plain", "train_loss"),
+        metrics(tmp_path / "z", "train_loss"),
+        metrics(tmp_path / "z", "z_loss"),
+    )
+    assert float(z[1]) > 0.1  # 1e-2 x logsumexp^2, logsumexp near ln(4096) at the start
+    assert float(with_z[1]) == pytest.approx(float(plain[1]) + float(z[1]), abs=1e-5)  # before any update
+    assert with_z[2] != plain[2]  # its gradient reached the update
+    result = run(train_args(data, tmp_path / "bad", *extra, "--z_loss", "-1"), check=False)
+    assert_refused(result, "--z_loss must not be negative")
