@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,8 @@ class CheckpointWriter:
         # CPU, as async saving asks for one even when training talks over NCCL).
         self.group = dist.new_group(backend="gloo") if background else None
         self.in_flight: tuple[Any, Path, Path] | None = None  # (future, temporary dir, final dir)
+        self.started = 0.0
+        self.write_seconds = 0.0  # how long the last complete checkpoint took, from start to rename
 
     def save(self, state: dict[str, Any]) -> Path:
         """Start writing ``state`` (``model``, ``optimizer``, ``step`` and plain values) as
@@ -111,6 +114,7 @@ class CheckpointWriter:
         import torch.distributed.checkpoint as dcp
 
         self.finish()
+        self.started = time.perf_counter()
         final = self.out_dir / checkpoint_name(state["step"])
         tmp = self.out_dir / f".tmp-{final.name}"
         if self.fabric.global_rank == 0:
@@ -154,6 +158,7 @@ class CheckpointWriter:
             os.replace(tmp, final)
             for old in complete_checkpoints(self.out_dir)[: -self.keep] if self.keep > 0 else []:
                 shutil.rmtree(old)
+        self.write_seconds = time.perf_counter() - self.started
         return final
 
 

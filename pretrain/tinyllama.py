@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -158,7 +159,7 @@ def main(fabric: L.Fabric, run: RunConfig) -> None:
     train(fabric, run, config, plan, state, train_loader, val_loader, loggers, writer, guard)
     finished = writer.finish()
     if finished is not None:
-        fabric.print(f"Saved {finished}")
+        fabric.print(f"Saved {finished} (written in {writer.write_seconds:.2f} s)")
     for logger in loggers:
         logger.close()
 
@@ -179,7 +180,7 @@ def train(
     schedule = run.learning_rates()
     throughput = Throughput(config, fabric.world_size, fabric.device)
     throughput.start(state["step"], plan.tokens_before(state["step"]))
-    nonfinite_in_a_row = 0
+    nonfinite_in_a_row, started, first_step = 0, time.perf_counter(), state["step"]
     while state["step"] < plan.max_steps:
         step = state["step"]
         lr = schedule.at(step, plan)
@@ -221,18 +222,25 @@ def train(
         else:
             finished = writer.poll()
             if finished is not None:
-                fabric.print(f"Saved {finished}")
+                fabric.print(f"Saved {finished} (written in {writer.write_seconds:.2f} s)")
+    elapsed = time.perf_counter() - started
+    fabric.print(f"Trained steps {first_step + 1:,}-{state['step']:,} in {elapsed:.2f} s (loop time, with saving)")
 
 
 def save(fabric: L.Fabric, writer: CheckpointWriter, state: dict, train_loader: BlockLoader, guard: SpikeGuard) -> None:
     """Checkpoint the state after ``state["step"]`` steps (in the background with --async_checkpoint)."""
     state["data"] = train_loader.state_dict()  # global counters: the same on every rank
     state["spike_guard"] = guard.state_dict()
+    started = time.perf_counter()
     finished = writer.finish()  # at most one write in flight
     if finished is not None:
-        fabric.print(f"Saved {finished}")
+        fabric.print(f"Saved {finished} (written in {writer.write_seconds:.2f} s)")
     path = writer.save(state)
-    fabric.print(f"Saving {path} in the background" if writer.background else f"Saved {path}")
+    paused = time.perf_counter() - started
+    if writer.background:
+        fabric.print(f"Saving {path} in the background (training paused {paused:.2f} s)")
+    else:
+        fabric.print(f"Saved {path} (training paused {paused:.2f} s)")
 
 
 def train_step(
