@@ -17,6 +17,7 @@ setup(
         "gpu": ["flash-attn>=2.5", "xformers>=0.0.28"],
         "wandb": ["wandb"],
         "tensorboard": ["tensorboard"],
+        "eval": ["lm-eval>=0.4.8"],
         "hf": ["transformers>=4.45", "protobuf"],
         "demo": ["transformers>=4.45", "protobuf", "matplotlib"],
         "test": [
@@ -28,6 +29,7 @@ setup(
             "matplotlib",
             "tensorboard",
             "wandb",
+            "lm-eval[hf]>=0.4.8",  # [hf]: the harness's own backend, which the adapter's tests compare with
         ],
     },
 )

@@ -255,6 +255,29 @@ def load_model_weights(checkpoint_dir: Path) -> dict[str, torch.Tensor]:
     return model
 
 
+def load_model(checkpoint_dir: Path, tokenizer_path: Path | None = None) -> tuple[Any, Tokenizer]:
+    """A ``GPT`` in eval mode with the weights of a lit checkpoint, a training checkpoint (written by any
+    number of ranks) or a Hugging Face Llama directory, and its tokenizer (``tokenizer_path``, else the
+    checkpoint's copy)."""
+    from lit_gpt.hf import read_hf_model
+    from lit_gpt.model import GPT
+
+    if not checkpoint_dir.is_dir():
+        raise MissingInput(f"{checkpoint_dir} is not a directory")
+    if (checkpoint_dir / "config.json").is_file() and not (checkpoint_dir / "model_config.json").is_file():
+        config, weights = read_hf_model(checkpoint_dir)
+    else:
+        config = read_model_config(checkpoint_dir)
+        weights = load_model_weights(checkpoint_dir)
+        check_state_dict(weights, config, checkpoint_dir)
+    tokenizer = find_tokenizer(checkpoint_dir, tokenizer_path)
+    if tokenizer is None:
+        raise MissingInput(f"No tokenizer found for {checkpoint_dir}: pass --tokenizer_path")
+    model = GPT(config)
+    model.load_state_dict(weights)
+    return model.eval(), tokenizer
+
+
 def find_tokenizer(checkpoint_dir: Path, tokenizer_path: Path | None) -> Tokenizer | None:
     """The tokenizer given, else the copy that a training or lit checkpoint carries, else none."""
     if tokenizer_path is not None:

@@ -56,8 +56,11 @@ class RunConfig:
         model_config: fields of the config to override, e.g. ``{n_layer: 2}``.
         train_data: dataset directories with names and mixture weights; default SlimPajama 0.693584,
             StarCoder 0.306416 (data/slimpajama/train, data/starcoder/train).
-        val_data: a dataset directory for validation, or null for none.
-        val_prefix: read only the validation shards whose names start with this (e.g. ``valid_``).
+        val_data: a dataset directory for validation; or several, with names and weights (each gets its
+            own loss, and val_loss is their weighted mean), e.g. SlimPajama's and StarCoder's validation
+            sets; or null for none.
+        val_prefix: with one val_data directory, read only the shards whose names start with this
+            (e.g. ``valid_``); several directories take a ``prefix`` each.
         tokenizer_path: the tokenizer the shards were made with; checked against the model and the
             shards' index, and copied into checkpoints for conversion.
         out_dir: checkpoints, metrics.csv and logs.
@@ -95,7 +98,13 @@ class RunConfig:
         spike_sigma: how many standard deviations above the window's mean make a spike.
         log_interval: optimizer steps between console/metrics lines.
         eval_interval: optimizer steps between validations.
-        eval_iters: micro-batches per rank in a validation.
+        eval_iters: micro-batches per rank in a validation (per validation set).
+        eval_tasks: benchmarks of the Language Model Evaluation Harness (pip install -e '.[eval]') to run
+            during training, e.g. [hellaswag, piqa]; ranked-choice accuracy (acc, acc_norm) is logged as
+            eval/<task>/<metric>. Needs tokenizer_path.
+        eval_tasks_interval: optimizer steps between benchmark evaluations (one is also run at the end).
+        eval_tasks_limit: examples per task in each evaluation (null: all), to keep it cheap.
+        eval_tasks_include_path: a folder of task definitions and data of your own (offline machines).
         save_interval: optimizer steps between checkpoints (one is also written at the end).
         save_initial: also write the checkpoint of step 0, before any update.
         async_checkpoint: write checkpoints in the background: training waits only for a copy of its
@@ -120,7 +129,7 @@ class RunConfig:
     model_name: str = "tiny_LLaMA_1b"
     model_config: dict[str, Any] = field(default_factory=dict)
     train_data: list[DataSource] = field(default_factory=lambda: list(TINYLLAMA_MIXTURE))
-    val_data: Path | None = Path("data/slimpajama/validation")
+    val_data: Path | list[DataSource] | None = Path("data/slimpajama/validation")
     val_prefix: str = ""
     tokenizer_path: Path | None = None
     out_dir: Path = Path("out/tinyllama")
@@ -151,6 +160,10 @@ class RunConfig:
     log_interval: int = 10
     eval_interval: int = 1000
     eval_iters: int = 100
+    eval_tasks: list[str] | None = None
+    eval_tasks_interval: int = 5000
+    eval_tasks_limit: int | None = 500
+    eval_tasks_include_path: Path | None = None
     save_interval: int = 1000
     save_initial: bool = False
     async_checkpoint: bool = False
@@ -241,19 +254,31 @@ class RunConfig:
             num_workers=self.num_workers,
         )
 
-    def validation_loader(self, config: Config, rank: int, world_size: int) -> BlockLoader | None:
-        """One pass over the validation set, split across ranks; None without ``val_data``."""
+    def validation_sets(self) -> list[DataSource]:
+        """The validation directories with their names and weights (one named "validation" for a path)."""
         if self.val_data is None:
-            return None
-        return create_loader(
-            [self.data_source(config, self.val_data, self.val_prefix)],
-            config.block_size,
-            self.micro_batch_size,
-            seed=self.seed,
-            rank=rank,
-            world_size=world_size,
-            epochs=1,
-        )
+            return []
+        if isinstance(self.val_data, Path):
+            return [DataSource("validation", self.val_data, 1.0, self.val_prefix)]
+        names = [source.name for source in self.val_data]
+        if len(set(names)) != len(names) or not names:
+            raise InvalidInput(f"--val_data needs distinct names, one per directory; got {names}")
+        return list(self.val_data)
+
+    def validation_loaders(self, config: Config, rank: int, world_size: int) -> dict[str, BlockLoader]:
+        """Per validation set, one pass over it split across ranks."""
+        return {
+            source.name: create_loader(
+                [self.data_source(config, source.path, source.prefix)],
+                config.block_size,
+                self.micro_batch_size,
+                seed=self.seed,
+                rank=rank,
+                world_size=world_size,
+                epochs=1,
+            )
+            for source in self.validation_sets()
+        }
 
     def check_tokenizer(self, config: Config, sources: list[ShardedBlocks]) -> None:
         """The tokenizer fits the model, and the shards (where their index says) were made with it."""

@@ -6,8 +6,8 @@
 The settings are one typed ``RunConfig`` (lit_gpt.run; ``--help`` lists them). ``main`` wires the pieces
 together: the stage plan, the data loaders, the model sharded per block, AdamW, the checkpoint to resume
 from. ``train`` is the loop: per optimizer step one ``train_step`` (``accumulation`` micro-batches per
-rank, gradients synchronised on the last one only, global-norm clipping, AdamW with the cosine schedule),
-then logging, validation and checkpoints at their intervals.
+rank, gradients synchronised on the last one only, global-norm clipping, the spike guard, AdamW at the
+scheduled learning rate), then logging, validation, benchmarks and checkpoints at their intervals.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import math
 import os
 import sys
 import time
-from collections.abc import Iterator
-from dataclasses import replace
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import lightning as L
@@ -26,7 +26,7 @@ from lightning.fabric.strategies import ModelParallelStrategy
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-from lit_gpt import GPT, Config, kernels
+from lit_gpt import GPT, Config, Tokenizer, kernels
 from lit_gpt.checkpoint import (
     DATA_FINGERPRINT,
     CheckpointWriter,
@@ -85,8 +85,10 @@ def main(fabric: L.Fabric, run: RunConfig) -> None:
     world, rank = fabric.world_size, fabric.global_rank
     plan = run.stage_plan(config, world)
     train_loader = run.training_loader(config, plan, rank, world)
-    val_loader = run.validation_loader(config, rank, world)
-    run.check_tokenizer(config, train_loader.dataset.sources + (val_loader.dataset.sources if val_loader else []))
+    val_loaders = run.validation_loaders(config, rank, world)
+    val_sources = [source for loader in val_loaders.values() for source in loader.dataset.sources]
+    run.check_tokenizer(config, train_loader.dataset.sources + val_sources)
+    benchmarks = task_evaluator(run, config)
     if run.z_loss < 0:
         raise InvalidInput(f"--z_loss must not be negative, not {run.z_loss}")
     guard = run.spikes()
@@ -156,7 +158,8 @@ def main(fabric: L.Fabric, run: RunConfig) -> None:
     )
     if run.save_initial and state["step"] == 0:
         save(fabric, writer, state, train_loader, guard)
-    train(fabric, run, config, plan, state, train_loader, val_loader, loggers, writer, guard)
+    evaluations = Evaluations(val_loaders, {s.name: s.weight for s in run.validation_sets()}, benchmarks)
+    train(fabric, run, config, plan, state, train_loader, evaluations, loggers, writer, guard)
     finished = writer.finish()
     if finished is not None:
         fabric.print(f"Saved {finished} (written in {writer.write_seconds:.2f} s)")
@@ -171,7 +174,7 @@ def train(
     plan: StagePlan,
     state: dict,
     train_loader: BlockLoader,
-    val_loader: BlockLoader | None,
+    evaluations: Evaluations,
     loggers: list[MetricLogger],
     writer: CheckpointWriter,
     guard: SpikeGuard,
@@ -207,15 +210,13 @@ def train(
         done = state["step"] == plan.max_steps
         if state["step"] % run.log_interval == 0 or done:
             report(fabric, plan, state, throughput, loggers, lr=lr, **measured)
-        if val_loader is not None and (state["step"] % run.eval_interval == 0 or done):
-            val_loss = validate(fabric, state["model"], val_loader, run.eval_iters)
-            fabric.print(
-                f"step {state['step']:>7,} | validation loss {val_loss:.4f} | perplexity {math.exp(val_loss):.2f}"
-            )
-            metrics = {"tokens": plan.tokens_before(state["step"]), "val_loss": val_loss, "val_ppl": math.exp(val_loss)}
+        validation = bool(evaluations.val_loaders) and (state["step"] % run.eval_interval == 0 or done)
+        tasks = evaluations.benchmarks is not None and (state["step"] % run.eval_tasks_interval == 0 or done)
+        if validation or tasks:
+            metrics = evaluations.run(fabric, state["model"], run.eval_iters, validation, tasks, state["step"])
             for logger in loggers:
-                logger.log(metrics, state["step"])
-            throughput.start(state["step"], plan.tokens_before(state["step"]))  # validation is not training time
+                logger.log({"tokens": plan.tokens_before(state["step"])} | metrics, state["step"])
+            throughput.start(state["step"], plan.tokens_before(state["step"]))  # evaluation is not training time
         if state["step"] % run.save_interval == 0 or done:
             save(fabric, writer, state, train_loader, guard)
             throughput.start(state["step"], plan.tokens_before(state["step"]))  # nor is saving
@@ -309,6 +310,59 @@ def report(
     )
     for logger in loggers:
         logger.log(metrics, step)
+
+
+@dataclass
+class Evaluations:
+    """What training measures besides its loss: validation sets (with their weights) and benchmarks."""
+
+    val_loaders: dict[str, BlockLoader]
+    weights: dict[str, float]
+    benchmarks: Callable[[torch.nn.Module], dict[str, float]] | None
+
+    def run(
+        self, fabric: L.Fabric, model: torch.nn.Module, eval_iters: int, validation: bool, tasks: bool, step: int
+    ) -> dict[str, float]:
+        """Validation losses (per set and their weighted mean ``val_loss``) and/or benchmark scores."""
+        metrics: dict[str, float] = {}
+        if validation:
+            losses = {name: validate(fabric, model, loader, eval_iters) for name, loader in self.val_loaders.items()}
+            total = sum(self.weights.values())
+            val_loss = sum(self.weights[name] * loss for name, loss in losses.items()) / total
+            metrics |= {"val_loss": val_loss, "val_ppl": math.exp(val_loss)}
+            each = ""
+            if len(losses) > 1:
+                for name, loss in losses.items():
+                    metrics |= {f"val/{name}/loss": loss, f"val/{name}/ppl": math.exp(loss)}
+                each = "".join(f" | {name} {loss:.4f}" for name, loss in losses.items())
+            fabric.print(
+                f"step {step:>7,} | validation loss {val_loss:.4f} | perplexity {math.exp(val_loss):.2f}{each}"
+            )
+        if tasks:
+            scores = self.benchmarks(model)
+            metrics |= scores
+            fabric.print(f"step {step:>7,} | " + " | ".join(f"{name} {value:.4f}" for name, value in scores.items()))
+        return metrics
+
+
+def task_evaluator(run: RunConfig, config: Config) -> Callable[[torch.nn.Module], dict[str, float]] | None:
+    """The benchmarks of ``--eval_tasks``, loaded (and their names checked) before training starts."""
+    if not run.eval_tasks:
+        return None
+    if run.tokenizer_path is None:
+        raise InvalidInput("--eval_tasks needs --tokenizer_path: the benchmarks are text")
+    try:
+        from lit_gpt.evaluation import TaskEvaluator
+    except ImportError as error:
+        raise InvalidInput(f"--eval_tasks needs the harness: pip install -e '.[eval]' ({error})") from None
+    return TaskEvaluator(
+        run.eval_tasks,
+        run.eval_tasks_include_path,
+        run.eval_tasks_limit,
+        Tokenizer(run.tokenizer_path),
+        config.block_size,
+        run.micro_batch_size,
+    )
 
 
 @torch.no_grad()

@@ -1,4 +1,4 @@
-"""Continue a prompt with a trained model (a lit checkpoint or a training checkpoint)."""
+"""Continue a prompt with a trained model (a lit, training or Hugging Face checkpoint)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,8 @@ from pathlib import Path
 
 import torch
 
-from lit_gpt import GPT
-from lit_gpt.checkpoint import check_state_dict, find_tokenizer, load_model_weights, read_model_config
+from lit_gpt.checkpoint import load_model
 from lit_gpt.cli import run
-from lit_gpt.errors import MissingInput
 from lit_gpt.generation import check_sampling, generate
 
 
@@ -26,7 +24,8 @@ def main(
     """Print the prompt followed by a sampled continuation.
 
     Args:
-        checkpoint_dir: a lit checkpoint directory or a training checkpoint (out_dir/step-XXXXXXXX).
+        checkpoint_dir: a lit checkpoint directory, a training checkpoint (out_dir/step-XXXXXXXX) or a
+            Hugging Face Llama directory.
         prompt: the text to continue.
         max_new_tokens: at most this many new tokens (fewer if the end-of-text token comes first).
         temperature: 0 picks the most likely token each time (greedy); higher values sample more freely.
@@ -36,15 +35,7 @@ def main(
         tokenizer_path: default: the copy of the tokenizer that the checkpoint carries.
     """
     check_sampling(max_new_tokens, temperature, top_k, top_p)  # before the minutes that loading may take
-    config = read_model_config(checkpoint_dir)
-    weights = load_model_weights(checkpoint_dir)
-    check_state_dict(weights, config, checkpoint_dir)
-    model = GPT(config)
-    model.load_state_dict(weights)
-    model.eval()
-    tokenizer = find_tokenizer(checkpoint_dir, tokenizer_path)
-    if tokenizer is None:
-        raise MissingInput(f"No tokenizer found for {checkpoint_dir}: pass --tokenizer_path")
+    model, tokenizer = load_model(checkpoint_dir, tokenizer_path)
     prompt_ids = tokenizer.encode(prompt)
     generator = torch.Generator().manual_seed(seed)
     new = generate(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, tokenizer.eos_id, generator)
