@@ -3,14 +3,17 @@
 This module is the one place that decides which implementation runs. With the ``"fused"`` backend
 (the default) each call picks, for the tensors it is given:
 
-- on CUDA, flash-attn's Triton RMSNorm and rotary kernels and its FlashAttention-2 when ``flash_attn``
-  imports, and xformers' fused SwiGLU when ``xformers`` imports;
-- otherwise PyTorch's own fused operators (``F.rms_norm``, ``F.scaled_dot_product_attention``, which
-  runs FlashAttention kernels on recent GPUs), and plain PyTorch for rotary and SwiGLU, which
-  ``torch.compile`` (``--compile``) fuses.
+- on CUDA, flash-attn's Triton RMSNorm and rotary kernels when ``flash_attn`` imports, its
+  FlashAttention-2 too on GPUs before Hopper, and xformers' fused SwiGLU when ``xformers`` imports;
+- otherwise PyTorch's own fused operators (``F.rms_norm``, ``F.scaled_dot_product_attention``: on
+  Hopper and newer with cuDNN attention first, which is faster there than FlashAttention-2; elsewhere
+  PyTorch's FlashAttention kernels), and plain PyTorch for rotary and SwiGLU, which ``torch.compile``
+  (``--compile``) fuses. Nothing needs a compiled extension.
 
 The training loss is ``linear_cross_entropy``: the output projection and the cross-entropy chunk by
-chunk, so the logits are never held (the same code everywhere).
+chunk, so the logits are never held. Where PyTorch has its own chunked ``F.linear_cross_entropy`` and it
+measured at least as fast as ours (``LIBRARY_LOSS``: fp32 on CPUs, ``scripts/benchmark_train.py
+--loss true``), that runs, unless the z-loss is on, which only ours computes.
 
 The ``"reference"`` backend runs the textbook formulas; tests compare the two. flash-attn and xformers
 are optional: a missing or broken install (no CUDA, a mismatched build) falls back silently to PyTorch.
@@ -73,19 +76,40 @@ KERNELS: dict[str, tuple[str | None, str | None, str]] = {
     "linear_cross_entropy": (None, None, "chunked pytorch, gradients in the forward pass"),
 }
 HALF = (torch.float16, torch.bfloat16)
+SDPA_CUDNN_FIRST = "scaled_dot_product_attention (cuDNN first)"
+LIBRARY_LOSS_NAME = "torch.nn.functional.linear_cross_entropy (chunked)"
+# (device type, dtype) where PyTorch's chunked loss measured at least as fast as ours, forward + backward
+# (benchmark_train.py --loss true); GPUs join when measured there.
+LIBRARY_LOSS = {("cpu", torch.float32)}
+
+
+def hopper_or_newer(device: torch.device | str) -> bool:
+    """A CUDA device of compute capability 9 or more (H100, H200, B200), where cuDNN attention leads."""
+    device = torch.device(device)
+    return device.type == "cuda" and torch.cuda.is_available() and torch.cuda.get_device_capability(device)[0] >= 9
 
 
 def implementation(
-    kernel: str, device: torch.device | str, dtype: torch.dtype = torch.float32, masked: bool = False
+    kernel: str,
+    device: torch.device | str,
+    dtype: torch.dtype = torch.float32,
+    masked: bool = False,
+    z_loss: bool = False,
 ) -> str:
     """Which implementation ``kernel`` runs for tensors of ``dtype`` on ``device`` (attention also depends
-    on whether a mask is given): the decision every kernel below takes, and :func:`describe` reports."""
+    on whether a mask is given, the loss on whether the z-loss is on): the decision every kernel below
+    takes, and :func:`describe` reports."""
     if _backend == "reference":
         return "reference"
     extension, module, pytorch = KERNELS[kernel]
     usable = module is not None and torch.device(device).type == "cuda" and _optional_module(module) is not None
     if kernel == "attention":
+        if hopper_or_newer(device):
+            return SDPA_CUDNN_FIRST  # faster than FlashAttention-2 there; takes masks and fp32 too
         usable = usable and not masked and dtype in HALF  # FlashAttention-2 takes fp16/bf16, no mask
+    if kernel == "linear_cross_entropy":
+        library = hasattr(F, "linear_cross_entropy") and (torch.device(device).type, dtype) in LIBRARY_LOSS
+        return LIBRARY_LOSS_NAME if library and not z_loss else pytorch
     return extension if usable else pytorch
 
 
@@ -93,11 +117,13 @@ def _extension(kernel: str, tensor: torch.Tensor, masked: bool = False) -> bool:
     return implementation(kernel, tensor.device, tensor.dtype, masked) == KERNELS[kernel][0]
 
 
-def describe(device: torch.device | str, dtype: torch.dtype = torch.float32, compiled: bool = False) -> dict[str, str]:
+def describe(
+    device: torch.device | str, dtype: torch.dtype = torch.float32, compiled: bool = False, z_loss: bool = False
+) -> dict[str, str]:
     """Which implementation each kernel uses for ``dtype`` tensors on ``device``, for the training log;
     ``compiled`` says whether torch.compile wraps the model (and so fuses the plain PyTorch code)."""
     suffix = " (fused by torch.compile)" if compiled else ""
-    names = {kernel: implementation(kernel, device, dtype) for kernel in KERNELS}
+    names = {kernel: implementation(kernel, device, dtype, z_loss=z_loss) for kernel in KERNELS}
     return {kernel: name + suffix if name == "pytorch" else name for kernel, name in names.items()}
 
 
@@ -163,18 +189,14 @@ def swiglu_reference(
     return F.linear(F.silu(F.linear(x, w_gate, b_gate)) * F.linear(x, w_up, b_up), w_down, b_down)
 
 
-def swiglu(
-    x: torch.Tensor,
-    w_gate: torch.Tensor,
-    w_up: torch.Tensor,
-    w_down: torch.Tensor,
-    b_gate: torch.Tensor | None = None,
-    b_up: torch.Tensor | None = None,
-    b_down: torch.Tensor | None = None,
-) -> torch.Tensor:
+def swiglu(x: torch.Tensor, gate: torch.nn.Linear, up: torch.nn.Linear, down: torch.nn.Linear) -> torch.Tensor:
+    """The MLP through its three ``nn.Linear`` modules, so that swapping them (float8 training,
+    quantisation, LoRA) takes effect; xformers' fused kernel takes their weights instead."""
     if _extension("swiglu", x):
-        return _optional_module("xformers.ops").swiglu(x, w_gate, b_gate, w_up, b_up, w_down, b_down)
-    return swiglu_reference(x, w_gate, w_up, w_down, b_gate, b_up, b_down)
+        return _optional_module("xformers.ops").swiglu(
+            x, gate.weight, gate.bias, up.weight, up.bias, down.weight, down.bias
+        )
+    return down(F.silu(gate(x)) * up(x))
 
 
 # --------------------------------------------------------------------------------------- Attention
@@ -202,16 +224,24 @@ def attention_reference(
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     if _backend == "reference":
         return attention_reference(q, k, v, mask)
-    if _extension("attention", q, masked=mask is not None):
+    chosen = implementation("attention", q.device, q.dtype, masked=mask is not None)
+    if chosen == KERNELS["attention"][0]:
         return _optional_module("flash_attn").flash_attn_func(q, k, v, causal=True)
-    y = F.scaled_dot_product_attention(
-        q.transpose(1, 2),
-        k.transpose(1, 2),
-        v.transpose(1, 2),
-        attn_mask=mask,
-        is_causal=mask is None,
-        enable_gqa=q.shape[2] != k.shape[2],
-    )
+    backends = contextlib.nullcontext()
+    if chosen == SDPA_CUDNN_FIRST:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        order = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
+        backends = sdpa_kernel([*order, SDPBackend.MATH], set_priority=True)
+    with backends:
+        y = F.scaled_dot_product_attention(
+            q.transpose(1, 2),
+            k.transpose(1, 2),
+            v.transpose(1, 2),
+            attn_mask=mask,
+            is_causal=mask is None,
+            enable_gqa=q.shape[2] != k.shape[2],
+        )
     return y.transpose(1, 2)
 
 
@@ -306,6 +336,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return grad_x, grad_weight, None, None, None, None
 
 
+def default_chunk_rows(vocab_size: int) -> int:
+    """Rows per chunk of the loss: about 8M logits (32 MB in fp32), small temporaries, large matmuls."""
+    return max(1, (1 << 23) // vocab_size)
+
+
 def linear_cross_entropy(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -317,12 +352,18 @@ def linear_cross_entropy(
     """Mean cross-entropy of the logits ``x @ weight.T`` (x: (..., d), weight: (V, d)) against ``targets``,
     plus ``z_loss`` times the mean squared logsumexp of the logits.
 
-    The training loss of the model: the (B, T, V) logits are never materialised. By default a chunk
-    holds about 8M logits (32 MB in fp32), which keeps the temporaries small and the matmuls large.
+    The training loss of the model: the (B, T, V) logits are never materialised; a chunk holds
+    ``chunk_rows`` positions (default: :func:`default_chunk_rows`), in ours and in PyTorch's alike.
     """
     if _backend == "reference":
         return linear_cross_entropy_reference(x, weight, targets, ignore_index, z_loss)
-    chunk_rows = chunk_rows or max(1, (1 << 23) // weight.shape[0])
+    chunk_rows = chunk_rows or default_chunk_rows(weight.shape[0])
+    if implementation("linear_cross_entropy", x.device, x.dtype, z_loss=z_loss > 0) == LIBRARY_LOSS_NAME:
+        options = torch.nn.LinearCrossEntropyOptions(batch_chunk_size=chunk_rows)  # its automatic choice is slower
+        loss = F.linear_cross_entropy(
+            x.reshape(-1, x.shape[-1]), weight, targets.reshape(-1), ignore_index=ignore_index, options=options
+        )
+        return LossTerms(loss.float(), torch.zeros((), device=x.device))
     loss, z_term = _LinearCrossEntropy.apply(
         x.reshape(-1, x.shape[-1]), weight, targets.reshape(-1), ignore_index, chunk_rows, z_loss
     )

@@ -11,6 +11,7 @@ operations go through ``lit_gpt.kernels``, which picks fused GPU kernels or exac
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn as nn
@@ -19,10 +20,19 @@ from torch.utils.checkpoint import checkpoint
 from lit_gpt import kernels
 from lit_gpt.config import Config
 
+Checkpointing = Literal["none", "full", "selective"]
+
 
 class GPT(nn.Module):
-    def __init__(self, config: Config, activation_checkpointing: bool = False) -> None:
+    def __init__(self, config: Config, activation_checkpointing: Checkpointing = "none") -> None:
+        """``activation_checkpointing``: in training, recompute the activations of every block ("full") or
+        of every other block ("selective": half the memory saving for half the recomputation) in the
+        backward pass instead of keeping them."""
         super().__init__()
+        if activation_checkpointing not in ("none", "full", "selective"):
+            raise ValueError(
+                f"activation_checkpointing must be none, full or selective, not {activation_checkpointing!r}"
+            )
         self.config = config
         self.activation_checkpointing = activation_checkpointing
         self.transformer = nn.ModuleDict(
@@ -77,8 +87,9 @@ class GPT(nn.Module):
             input_pos = torch.arange(T, device=idx.device)
         cos, sin = kernels.rope_cache(input_pos, self.config.head_size, self.config.rope_base)
         x = self.transformer.wte(idx)
-        for block in self.transformer.h:
-            if self.activation_checkpointing and self.training:
+        every = {"none": 0, "full": 1, "selective": 2}[self.activation_checkpointing]
+        for i, block in enumerate(self.transformer.h):
+            if self.training and every and i % every == 0:
                 x = checkpoint(block, x, cos, sin, use_reentrant=False)
             else:
                 x = block(x, cos, sin, input_pos)
@@ -195,9 +206,7 @@ class LLaMAMLP(nn.Module):
         self.proj = nn.Linear(config.intermediate_size, config.n_embd, bias=config.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return kernels.swiglu(
-            x, self.fc_1.weight, self.fc_2.weight, self.proj.weight, self.fc_1.bias, self.fc_2.bias, self.proj.bias
-        )
+        return kernels.swiglu(x, self.fc_1, self.fc_2, self.proj)
 
 
 class RMSNorm(nn.Module):

@@ -12,6 +12,7 @@ import importlib.util
 import math
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -20,8 +21,17 @@ import torch
 from lit_gpt.config import Config
 from lit_gpt.errors import InvalidInput
 
-# Dense bf16 tensor-core peaks, FLOP/s, from the vendors' data sheets (SXM parts).
-PEAK_BF16_FLOPS = {"A100": 312e12, "H100": 989e12, "H200": 989e12}
+# Dense (no sparsity) tensor-core peaks in FLOP/s from NVIDIA's data sheets: (bf16, float8), matched
+# against torch.cuda.get_device_name in this order (the PCIe and NVL H100s before the SXM part).
+PEAK_FLOPS: list[tuple[str, float, float | None]] = [
+    ("A100", 312e12, None),  # 40 GB and 80 GB, SXM and PCIe: no float8 tensor cores
+    ("H100 PCIe", 756e12, 1513e12),
+    ("H100 NVL", 835e12, 1671e12),
+    ("H100", 989e12, 1979e12),  # SXM
+    ("H200", 989e12, 1979e12),
+    ("L40S", 362e12, 733e12),
+    ("B200", 2250e12, 4500e12),
+]
 
 CSV_COLUMNS = [
     "step", "stage", "tokens", "train_loss", "val_loss", "val_ppl", "lr", "grad_norm", "global_batch_size",
@@ -38,12 +48,23 @@ def flops_per_token(config: Config) -> float:
     return 6 * matmul_parameters + 12 * config.n_layer * config.n_embd * config.block_size
 
 
-def peak_flops(device: torch.device) -> float | None:
-    """The device's dense bf16 peak, or None where it is unknown (CPUs, other GPUs)."""
+def peak_flops(device: torch.device, float8: bool = False) -> float | None:
+    """The device's dense bf16 (or float8) peak, or None on a CPU or a card not in ``PEAK_FLOPS``; an
+    unknown card is named once in a warning rather than given a made-up figure."""
     if device.type != "cuda":
         return None
     name = torch.cuda.get_device_name(device)
-    return next((peak for model, peak in PEAK_BF16_FLOPS.items() if model in name), None)
+    peak = peak_flops_of(name, float8)
+    if peak is None:
+        warnings.warn(f"MFU n/a: no {'float8' if float8 else 'bf16'} peak FLOP/s known for {name}", stacklevel=2)
+    return peak
+
+
+def peak_flops_of(card: str, float8: bool = False) -> float | None:
+    for model, bf16, fp8 in PEAK_FLOPS:
+        if model in card:
+            return fp8 if float8 else bf16
+    return None
 
 
 class Throughput:

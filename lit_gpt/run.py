@@ -19,6 +19,7 @@ from lit_gpt.config import Config
 from lit_gpt.data.index import file_sha256
 from lit_gpt.data.loader import BlockLoader, ShardedBlocks, create_loader
 from lit_gpt.errors import InvalidInput
+from lit_gpt.model import Checkpointing
 from lit_gpt.schedule import DecayShape, LearningRate, Stage, StagePlan
 from lit_gpt.spikes import SpikeGuard
 from lit_gpt.tokenizer import Tokenizer
@@ -119,7 +120,12 @@ class RunConfig:
         initial_checkpoint: a lit checkpoint directory (scripts/convert_hf_checkpoint.py) whose weights
             start the run.
         compile: compile each transformer block with torch.compile.
-        activation_checkpointing: recompute each block's activations in the backward pass.
+        activation_checkpointing: none; full: recompute every block's activations in the backward pass
+            instead of keeping them (least memory, about a third more compute); selective: every other
+            block (half of each).
+        reshard_after_forward: FSDP2 frees each block's gathered weights after its forward pass and
+            gathers them again for the backward pass (less memory); false keeps them (one all-gather
+            per block and step fewer: faster where memory allows).
         logger: csv (always written), or also wandb (offline without WANDB_API_KEY) or tensorboard.
         num_workers: DataLoader worker processes per rank for the training data.
         seed: seeds the initialisation and the data order.
@@ -173,7 +179,8 @@ class RunConfig:
     allow_data_change: bool = False
     initial_checkpoint: Path | None = None
     compile: bool = False
-    activation_checkpointing: bool = False
+    activation_checkpointing: Checkpointing = "none"
+    reshard_after_forward: bool = True
     logger: Literal["csv", "wandb", "tensorboard"] = "csv"
     num_workers: int = 2
     seed: int = 42

@@ -76,7 +76,7 @@ def parallelize(model: GPT, mesh: DeviceMesh, run: RunConfig) -> GPT:
     for block in model.transformer.h:
         if run.compile:
             block.compile()
-        fully_shard(block, **kwargs)
+        fully_shard(block, reshard_after_forward=run.reshard_after_forward, **kwargs)
     return fully_shard(model, **kwargs)
 
 
@@ -100,7 +100,8 @@ def main(fabric: L.Fabric, run: RunConfig) -> None:
         fabric.print(f"Model {config.name}: {config.to_dict()}")
         compute_dtype = torch.float32 if run.precision == "32-true" else torch.bfloat16
         fabric.print(
-            f"Kernels: {kernels.describe(fabric.device, compute_dtype, run.compile)}; precision {run.precision}"
+            f"Kernels: {kernels.describe(fabric.device, compute_dtype, run.compile, run.z_loss > 0)}; "
+            f"precision {run.precision}"
         )
         fabric.print(
             f"Data: {dict(zip(names, plan.weights(0), strict=True))}; {plan.max_steps:,} steps, "
@@ -119,7 +120,7 @@ def main(fabric: L.Fabric, run: RunConfig) -> None:
         lr=run.learning_rate,
         weight_decay=run.weight_decay,
         betas=(run.beta1, run.beta2),
-        foreach=True,
+        fused=True,  # one kernel for all parameters, on CUDA and CPU alike
     )
     optimizer = fabric.setup_optimizers(optimizer)
 

@@ -8,12 +8,18 @@ intermediate 704, vocabulary 32000, sequence 256, micro-batch 8, fp32, 2 threads
 
     python scripts/benchmark_train.py                      # CPU, eager and compiled, with ratios
     python scripts/benchmark_train.py --model_name tiny_LLaMA_1b --model_config '{}' --seq_len 2048 \
-        --precision bf16-true --modes '[eager]' --devices cuda   # a GPU: tokens/s and MFU
+        --precision bf16-true --devices cuda \
+        --modes '[eager, compile, compile+selective]'      # a GPU: tokens/s per GPU, MFU, peak memory
+    python scripts/benchmark_train.py --loss true          # the training loss alone: ours vs PyTorch's
+
+Modes: eager, compile (torch.compile), compile+selective (and selective activation checkpointing: ours
+only, transformers has no such mode). The optimizer is fused AdamW for both models.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import resource
 import subprocess
 import sys
@@ -40,7 +46,7 @@ def hf_model(config: Config):
 def measure(
     which: str,
     config: Config,
-    compile: bool,
+    mode: str,
     batch: int,
     seq_len: int,
     precision: str,
@@ -53,9 +59,11 @@ def measure(
     torch.manual_seed(0)
     torch.set_num_threads(threads)
     dtype = DTYPES[precision]
-    model = (GPT(config) if which == "ours" else hf_model(config)).to(device=device, dtype=dtype)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
-    forward = torch.compile(model) if compile else model
+    checkpointing = "selective" if mode.endswith("+selective") else "none"
+    model = GPT(config, activation_checkpointing=checkpointing) if which == "ours" else hf_model(config)
+    model = model.to(device=device, dtype=dtype)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    forward = torch.compile(model) if mode.startswith("compile") else model
     data = torch.randint(0, config.vocab_size, (batch, seq_len + 1), device=device)
 
     def step() -> None:
@@ -92,6 +100,39 @@ def measure(
     return {"tokens_per_s": tokens_per_s, "peak_memory": peak, "mfu": mfu}
 
 
+def benchmark_loss(rows: int, n_embd: int, vocab_size: int, dtype: torch.dtype, device: str, steps: int) -> None:
+    """Seconds per forward + backward of the training loss, ours against PyTorch's, alternating."""
+    from lit_gpt import kernels
+
+    x = torch.randn(rows, n_embd, device=device, dtype=dtype, requires_grad=True)
+    weight = (torch.randn(vocab_size, n_embd, device=device) / n_embd**0.5).to(dtype).requires_grad_()
+    targets = torch.randint(0, vocab_size, (rows,), device=device)
+    chunk_rows = kernels.default_chunk_rows(vocab_size)
+    options = torch.nn.LinearCrossEntropyOptions(batch_chunk_size=chunk_rows)  # as lit_gpt.kernels calls it
+    candidates = {
+        "ours": lambda: kernels._LinearCrossEntropy.apply(x, weight, targets, -100, chunk_rows, 0.0)[0],
+        "pytorch": lambda: torch.nn.functional.linear_cross_entropy(x, weight, targets, options=options),
+    }
+    best = {}
+    for _ in range(steps):
+        for name, loss in candidates.items():
+            if device == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            loss().backward()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            best[name] = min(best.get(name, math.inf), time.perf_counter() - start)
+            x.grad = weight.grad = None
+    print(
+        f"loss: {rows} x {n_embd} -> {vocab_size}, {dtype}, {device}, chunks of {chunk_rows} rows; fastest of "
+        f"{steps}, forward + backward"
+    )
+    for name, seconds in best.items():
+        print(f"  {name:8s} {seconds * 1000:8.1f} ms")
+    print(f"  pytorch / ours: {best['pytorch'] / best['ours']:.2f}x the time")
+
+
 def benchmark_train(
     model_name: str = "tiny_LLaMA_1b",
     model_config: dict | None = None,
@@ -105,6 +146,7 @@ def benchmark_train(
     steps: int = 10,
     warmup: int = 3,
     worker: str | None = None,
+    loss: bool = False,
 ) -> None:
     """Print tokens/s and peak memory for both models in each mode, and our/their ratios.
 
@@ -117,11 +159,19 @@ def benchmark_train(
         precision: 32-true or bf16-true.
         devices: cpu or cuda.
         threads: torch threads (intra-op).
-        modes: eager and/or compile.
+        modes: eager, compile and/or compile+selective.
         steps: timed steps.
         warmup: untimed steps first (compilation happens there).
         worker: internal: "ours:eager" etc. runs one measurement and prints it as JSON.
+        loss: instead, time the training loss alone (output projection + cross-entropy, forward and
+            backward, micro_batch_size x seq_len rows of n_embd): ours against PyTorch's chunked
+            F.linear_cross_entropy, which lit_gpt.kernels uses where it measures at least as fast.
     """
+    if loss:
+        torch.set_num_threads(threads)
+        config = Config.from_name(model_name, **(CPU_COMPARISON if model_config is None else model_config))
+        benchmark_loss(micro_batch_size * seq_len, config.n_embd, vocab_size, DTYPES[precision], devices, steps)
+        return
     overrides = CPU_COMPARISON if model_config is None else model_config
     config = Config.from_name(model_name, **{**overrides, "vocab_size": vocab_size, "block_size": max(seq_len, 16)})
     if worker is not None:
@@ -129,14 +179,14 @@ def benchmark_train(
         result = measure(
             which,
             config,
-            mode == "compile",
+            mode,
             micro_batch_size,
             seq_len,
             precision,
             devices,
             threads,
             steps,
-            warmup + (3 if mode == "compile" else 0),
+            warmup + (3 if mode.startswith("compile") else 0),
         )
         print(json.dumps(result))
         return
@@ -146,19 +196,21 @@ def benchmark_train(
     )
     for mode in modes or ["eager", "compile"]:
         results = {}
-        for which in ("ours", "transformers"):
+        for which in ("ours", "transformers") if "+" not in mode else ("ours",):
             args = sys.argv[1:] + ["--worker", f"{which}:{mode}"]
             output = subprocess.run(
                 [sys.executable, str(Path(__file__).resolve()), *args], check=True, capture_output=True, text=True
             ).stdout
             results[which] = json.loads(output.strip().splitlines()[-1])
-        ours, theirs = results["ours"], results["transformers"]
         for which, r in results.items():
             mfu = f", MFU {r['mfu']:.1%}" if r["mfu"] is not None else ""
             gib = r["peak_memory"] / 2**30
-            print(f"  {mode:7s} {which:12s} {r['tokens_per_s']:12,.0f} tokens/s  peak {gib:6.2f} GiB{mfu}")
+            print(f"  {mode:17s} {which:12s} {r['tokens_per_s']:12,.0f} tokens/s  peak {gib:6.2f} GiB{mfu}")
+        if "transformers" not in results:
+            continue
+        ours, theirs = results["ours"], results["transformers"]
         print(
-            f"  {mode:7s} ours / transformers: tokens/s {ours['tokens_per_s'] / theirs['tokens_per_s']:.2f}x "
+            f"  {mode:17s} ours / transformers: tokens/s {ours['tokens_per_s'] / theirs['tokens_per_s']:.2f}x "
             f"(target >= 1.1), peak memory {ours['peak_memory'] / theirs['peak_memory']:.2f}x (target <= 0.75)"
         )
 

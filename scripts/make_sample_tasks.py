@@ -5,7 +5,8 @@
         --tasks '[sample_choice, sample_text]' --include_path data/sample_tasks
 
 ``sample_choice`` is multiple choice (acc, acc_norm), ``sample_text`` scores whole texts (word
-perplexity, bits per byte); both are random sentences over a small vocabulary, made from ``--seed``, so
+perplexity, bits per byte), ``sample_generate`` asks for a few generated words (exact match); all are
+random sentences over a small vocabulary, made from ``--seed``, so
 they measure nothing about language: they exercise the evaluation path (tests, benchmarks, the demo)
 exactly as a real task would, offline. Each task is a YAML file next to its JSON-lines data.
 """
@@ -22,11 +23,11 @@ WORDS = "the cat sat on a mat while dogs ran over green hills and birds sang son
 
 
 def make_sample_tasks(output_dir: Path, choice_docs: int = 16, text_docs: int = 6, seed: int = 0) -> None:
-    """Write sample_choice.yaml, sample_text.yaml and their data into ``output_dir``.
+    """Write sample_choice.yaml, sample_text.yaml, sample_generate.yaml and their data into ``output_dir``.
 
     Args:
         output_dir: the folder to give evaluate.py as --include_path (created if missing).
-        choice_docs: questions in sample_choice, three choices each.
+        choice_docs: questions in sample_choice (three choices each) and in sample_generate.
         text_docs: texts in sample_text, 10 to 120 words each.
         seed: makes the texts.
     """
@@ -56,7 +57,17 @@ def make_sample_tasks(output_dir: Path, choice_docs: int = 16, text_docs: int = 
         + "output_type: loglikelihood_rolling\ndoc_to_text: ''\ndoc_to_target: '{{text}}'\n"
         "metric_list:\n  - metric: word_perplexity\n  - metric: bits_per_byte\n"
     )
-    print(f"Wrote sample_choice ({choice_docs} questions) and sample_text ({text_docs} texts) to {output_dir}")
+    (output_dir / "sample_generate.yaml").write_text(
+        "task: sample_generate\n"
+        + data.format(output_dir.resolve() / "sample_choice.jsonl")
+        + "output_type: generate_until\ndoc_to_text: '{{question}}'\ndoc_to_target: '{{choices[answer]}}'\n"
+        "generation_kwargs:\n  until: ['?', '.']\n  max_gen_toks: 8\n  do_sample: false\n"
+        "metric_list:\n  - metric: exact_match\n"
+    )
+    print(
+        f"Wrote sample_choice and sample_generate ({choice_docs} questions each) and sample_text ({text_docs} "
+        f"texts) to {output_dir}"
+    )
 
 
 if __name__ == "__main__":

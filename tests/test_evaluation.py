@@ -85,12 +85,12 @@ def test_adapter_scores_like_the_harness_hugging_face_backend(model_dirs):
     # contexts, but its rolling windows then hold BOS twice (the prefix token, and the text's own): for
     # whole texts the backend's default, BOS as the prefix token only, is what we do.
     theirs = {"samples": {}, "results": {}}
-    for task, bos in (("sample_choice", True), ("sample_text", False)):
+    for task, bos in (("sample_choice", True), ("sample_text", False), ("sample_generate", True)):
         args = f"pretrained={hf},dtype=float32,add_bos_token={bos}"
         result = evaluate("hf", tasks, [task], model_args=args, batch_size=4, device="cpu")
         theirs["samples"][task], theirs["results"][task] = result["samples"][task], result["results"][task]
 
-    for task in ("sample_choice", "sample_text"):
+    for task in ("sample_choice", "sample_text"):  # scores: (log-likelihood, greedy) per choice, or per text
         mine = sorted(ours["samples"][task], key=lambda s: s["doc_id"])
         reference = sorted(theirs["samples"][task], key=lambda s: s["doc_id"])
         assert len(mine) == len(reference) == (16 if task == "sample_choice" else 6)
@@ -102,6 +102,10 @@ def test_adapter_scores_like_the_harness_hugging_face_backend(model_dirs):
             ):
                 assert abs(float(ll_a) - float(ll_b)) <= 1e-4, (task, a["doc_id"], ll_a, ll_b)
                 assert greedy_a == greedy_b
+    generated = [s["filtered_resps"] for s in sorted(ours["samples"]["sample_generate"], key=lambda s: s["doc_id"])]
+    expected = [s["filtered_resps"] for s in sorted(theirs["samples"]["sample_generate"], key=lambda s: s["doc_id"])]
+    assert generated == expected and len(generated) == 16  # greedy, with the KV cache, cut at the stop strings
+    assert len({str(g) for g in generated}) > 1
     for metric in ("acc,none", "acc_norm,none"):
         assert ours["results"]["sample_choice"][metric] == theirs["results"]["sample_choice"][metric]
     accuracy = ours["results"]["sample_choice"]["acc,none"]
@@ -230,3 +234,11 @@ def test_each_validation_set_gets_its_loss_and_the_weighted_mean(data, tmp_path)
     expected = (float(row["val/a/loss"]) + 3 * float(row["val/b/loss"])) / 4
     assert float(row["val_loss"]) == pytest.approx(expected, rel=1e-12)
     assert float(row["val/a/ppl"]) == pytest.approx(math.exp(float(row["val/a/loss"])))
+
+
+def test_the_paper_comparison_puts_its_figures_beside_ours():
+    table = load_script("scripts/evaluate.py").paper_comparison(
+        {"hellaswag": {"acc_norm,none": 0.5, "acc,none": 0.4}, "boolq": {"acc,none": 0.625}}, ["hellaswag", "boolq"]
+    )
+    assert "| hellaswag | acc_norm | 50.00 | 59.20 | 61.47 |" in table  # Table 3, v1.0 and v1.1
+    assert "| boolq | acc | 62.50 | 57.83 | 55.99 |" in table

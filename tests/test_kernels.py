@@ -81,9 +81,17 @@ def test_swiglu_fused_equals_reference(device, dtype):
     w_gate, w_up = (torch.randn(48, 32, device=device, dtype=dtype) / 6 for _ in range(2))
     w_down = torch.randn(32, 48, device=device, dtype=dtype) / 7
     with kernels.use_backend("fused"):
-        fast = values_and_grads(kernels.swiglu, x, w_gate, w_up, w_down)
+        fast = values_and_grads(lambda x, *w: kernels.swiglu(x, *map(linear, w)), x, w_gate, w_up, w_down)
     reference = values_and_grads(kernels.swiglu_reference, x, w_gate, w_up, w_down)
     assert_same(fast, reference, **TOLERANCE[dtype])
+
+
+def linear(weight: torch.Tensor) -> torch.nn.Linear:
+    """An nn.Linear computing with ``weight`` (a tensor that gradients flow to), without a bias."""
+    module = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False, device=weight.device, dtype=weight.dtype)
+    del module.weight
+    module.weight = weight
+    return module
 
 
 def test_swiglu_reference_is_silu_gated_linear_unit():
@@ -129,7 +137,13 @@ def test_cross_entropy_reference_is_mean_negative_log_likelihood():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("chunk_rows", [5, None])
 @pytest.mark.parametrize("z_loss", [0.0, 1e-2])
-def test_linear_cross_entropy_fused_equals_reference(device, dtype, chunk_rows, z_loss):
+@pytest.mark.parametrize("library", [False, True], ids=["ours", "pytorch-if-no-z-loss"])
+def test_linear_cross_entropy_fused_equals_reference(monkeypatch, device, dtype, chunk_rows, z_loss, library):
+    """Ours, and PyTorch's F.linear_cross_entropy where it is chosen (without the z-loss, which only ours
+    computes), against the loss on full logits."""
+    monkeypatch.setattr(kernels, "LIBRARY_LOSS", {(device, dtype)} if library else set())
+    chosen = kernels.implementation("linear_cross_entropy", device, dtype, z_loss=z_loss > 0)
+    assert (chosen == kernels.LIBRARY_LOSS_NAME) == (library and not z_loss)
     x = torch.randn(2, 13, 32, device=device, dtype=dtype)
     weight = (torch.randn(300, 32, device=device) / 4).to(dtype)
     targets = torch.randint(0, 300, (2, 13), device=device)
@@ -195,14 +209,20 @@ def test_unknown_backend_is_refused():
         kernels.set_backend("triton")
 
 
+OURS = "chunked pytorch, gradients in the forward pass"
+PYTORCH_PATHS = {
+    "rms_norm": "torch.nn.functional.rms_norm",
+    "apply_rotary": "pytorch",
+    "swiglu": "pytorch",
+    "attention": "scaled_dot_product_attention",
+    "linear_cross_entropy": OURS,
+}
+
+
 def test_describe_names_the_cpu_paths():
-    assert kernels.describe("cpu") == {
-        "rms_norm": "torch.nn.functional.rms_norm",
-        "apply_rotary": "pytorch",
-        "swiglu": "pytorch",
-        "attention": "scaled_dot_product_attention",
-        "linear_cross_entropy": "chunked pytorch, gradients in the forward pass",
-    }
+    assert kernels.describe("cpu", torch.bfloat16) == PYTORCH_PATHS
+    assert kernels.describe("cpu") == PYTORCH_PATHS | {"linear_cross_entropy": kernels.LIBRARY_LOSS_NAME}
+    assert kernels.describe("cpu", z_loss=True) == PYTORCH_PATHS  # only ours computes the z-loss
     compiled = kernels.describe("cpu", compiled=True)
     assert compiled["apply_rotary"] == compiled["swiglu"] == "pytorch (fused by torch.compile)"
     with kernels.use_backend("reference"):
@@ -210,23 +230,38 @@ def test_describe_names_the_cpu_paths():
 
 
 @pytest.mark.parametrize("installed", [True, False])
-def test_describe_follows_the_extensions_that_import(monkeypatch, installed):
+@pytest.mark.parametrize("hopper", [True, False])
+def test_describe_follows_the_extensions_that_import_and_the_card(monkeypatch, installed, hopper):
     monkeypatch.setattr(kernels, "_optional_module", lambda name: object() if installed else None)
+    monkeypatch.setattr(kernels, "hopper_or_newer", lambda device: hopper and torch.device(device).type == "cuda")
     bf16, fp32 = kernels.describe("cuda", torch.bfloat16), kernels.describe("cuda", torch.float32)
-    if installed:
-        assert bf16["attention"] == "flash-attn 2" and bf16["swiglu"] == "xformers"
-        assert fp32["attention"] == "scaled_dot_product_attention"  # FlashAttention-2 takes fp16/bf16 only
-        assert (
-            kernels.implementation("attention", "cuda", torch.bfloat16, masked=True) == "scaled_dot_product_attention"
-        )
+    masked = kernels.implementation("attention", "cuda", torch.bfloat16, masked=True)
+    if hopper:  # cuDNN attention first, whatever is installed
+        assert bf16["attention"] == fp32["attention"] == masked == kernels.SDPA_CUDNN_FIRST
+    elif installed:
+        assert bf16["attention"] == "flash-attn 2"
+        assert fp32["attention"] == masked == "scaled_dot_product_attention"  # FlashAttention-2: fp16/bf16, no mask
     else:
-        assert bf16 == fp32 == kernels.describe("cpu")
-    assert kernels.describe("cpu") == kernels.describe("cpu", torch.bfloat16)  # extensions are for CUDA only
+        assert bf16["attention"] == fp32["attention"] == "scaled_dot_product_attention"
+    expected = {"rms_norm": "flash-attn triton", "apply_rotary": "flash-attn triton", "swiglu": "xformers"}
+    for kernel in ("rms_norm", "apply_rotary", "swiglu"):
+        assert bf16[kernel] == (expected[kernel] if installed else PYTORCH_PATHS[kernel])
+    assert bf16["linear_cross_entropy"] == fp32["linear_cross_entropy"] == OURS  # not measured on GPUs yet
+    assert kernels.describe("cpu", torch.bfloat16) == PYTORCH_PATHS  # extensions are for CUDA only
+
+
+def test_without_pytorchs_chunked_loss_ours_runs(monkeypatch):
+    monkeypatch.delattr(torch.nn.functional, "linear_cross_entropy")
+    assert kernels.describe("cpu")["linear_cross_entropy"] == OURS
+    x, weight, targets = torch.randn(6, 8), torch.randn(50, 8), torch.randint(0, 50, (6,))
+    torch.testing.assert_close(
+        kernels.linear_cross_entropy(x, weight, targets).loss, kernels.cross_entropy_reference(x @ weight.T, targets)
+    )
 
 
 def test_the_kernels_run_what_describe_names(monkeypatch):
     ran = []
-    for name in ("scaled_dot_product_attention", "rms_norm"):
+    for name in ("scaled_dot_product_attention", "rms_norm", "linear_cross_entropy"):
         original = getattr(torch.nn.functional, name)
         monkeypatch.setattr(
             torch.nn.functional, name, lambda *a, _o=original, _n=name, **k: ran.append(_n) or _o(*a, **k)
@@ -234,9 +269,12 @@ def test_the_kernels_run_what_describe_names(monkeypatch):
     q = torch.randn(1, 4, 2, 8)
     kernels.attention(q, q, q)
     kernels.rms_norm(q, torch.ones(8), 1e-5)
+    kernels.linear_cross_entropy(q.reshape(-1, 8), torch.randn(20, 8), torch.randint(0, 20, (8,)))
+    kernels.linear_cross_entropy(q.reshape(-1, 8), torch.randn(20, 8), torch.randint(0, 20, (8,)), z_loss=1e-4)
     described = kernels.describe("cpu")
-    assert ran == ["scaled_dot_product_attention", "rms_norm"]
-    assert (described["attention"], described["rms_norm"]) == (
+    assert ran == ["scaled_dot_product_attention", "rms_norm", "linear_cross_entropy"]  # the z-loss: ours
+    assert (described["attention"], described["rms_norm"], described["linear_cross_entropy"]) == (
         "scaled_dot_product_attention",
         "torch.nn.functional.rms_norm",
+        kernels.LIBRARY_LOSS_NAME,
     )

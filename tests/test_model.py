@@ -89,17 +89,54 @@ def test_kv_cache_decoding_equals_a_full_forward():
     torch.testing.assert_close(incremental, full, atol=1e-5, rtol=1e-5)
 
 
-def test_activation_checkpointing_gives_the_same_gradients():
-    torch.manual_seed(0)
+def test_activation_checkpointing_gives_the_same_gradients_and_recomputes_what_it_says():
     idx = torch.randint(0, GQA.vocab_size, (2, 16))
-    grads = []
-    for checkpointing in (False, True):
+    grads, calls = {}, {}
+    for mode in ("none", "full", "selective"):
         torch.manual_seed(1)
-        model = GPT(GQA, activation_checkpointing=checkpointing)
-        kernels.cross_entropy_reference(model(idx[:, :-1]), idx[:, 1:]).backward()
-        grads.append({n: p.grad for n, p in model.named_parameters()})
-    for name, grad in grads[0].items():
-        torch.testing.assert_close(grads[1][name], grad, msg=name)
+        model = GPT(GQA.replace(n_layer=4), activation_checkpointing=mode)
+        counts = [0] * 4
+        for i, block in enumerate(model.transformer.h):
+            block.register_forward_pre_hook(lambda *_, i=i, c=counts: c.__setitem__(i, c[i] + 1))
+        model(idx[:, :-1], targets=idx[:, 1:]).loss.backward()
+        grads[mode] = {n: p.grad for n, p in model.named_parameters()}
+        calls[mode] = counts
+    for mode in ("full", "selective"):
+        for name, grad in grads["none"].items():
+            torch.testing.assert_close(grads[mode][name], grad, atol=1e-6, rtol=1e-6, msg=f"{mode} {name}")
+    # a checkpointed block runs its forward twice: once in the forward pass, again in the backward pass
+    assert calls == {"none": [1, 1, 1, 1], "full": [2, 2, 2, 2], "selective": [2, 1, 2, 1]}
+    with pytest.raises(ValueError, match="must be none, full or selective"):
+        GPT(GQA, activation_checkpointing=True)
+
+
+class CountingLinear(torch.nn.Linear):
+    """A stand-in for a module swap (float8, LoRA): an nn.Linear that counts its calls."""
+
+    calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        CountingLinear.calls += 1
+        return super().forward(x)
+
+
+def test_a_module_swap_reaches_every_linear_layer():
+    """Every block's projections run through their nn.Linear modules in the training loss (the fused
+    loss takes the output layer's weight), and the output layer too when logits are asked for."""
+    model = GPT(GQA)
+    for module in model.modules():
+        if type(module) is torch.nn.Linear:
+            module.__class__ = CountingLinear
+    idx = torch.randint(0, GQA.vocab_size, (2, 9))
+    reference = GPT(GQA)
+    reference.load_state_dict(model.state_dict())
+    CountingLinear.calls = 0
+    loss = model(idx[:, :-1], targets=idx[:, 1:]).loss
+    assert CountingLinear.calls == 5 * GQA.n_layer  # attn.attn, attn.proj, mlp.fc_1, mlp.fc_2, mlp.proj
+    torch.testing.assert_close(loss, reference(idx[:, :-1], targets=idx[:, 1:]).loss)
+    CountingLinear.calls = 0
+    torch.testing.assert_close(model(idx), reference(idx))
+    assert CountingLinear.calls == 5 * GQA.n_layer + 1
 
 
 def test_initialisation_follows_tinyllama():

@@ -1,11 +1,13 @@
-"""The metric loggers: every metric given is recorded; a resumed run drops the rows it will redo."""
+"""The metric loggers: every metric given is recorded; a resumed run drops the rows it will redo. The
+peak-FLOP table behind MFU."""
 
 import csv
 
 import pytest
+import torch
 
 from lit_gpt.errors import InvalidInput
-from lit_gpt.monitor import CSVLogger, create_loggers
+from lit_gpt.monitor import CSVLogger, create_loggers, peak_flops, peak_flops_of
 
 
 def rows(path) -> list[dict[str, str]]:
@@ -39,3 +41,24 @@ def test_a_resumed_run_keeps_the_rows_up_to_its_step(tmp_path):
 def test_an_unknown_logger_is_refused(tmp_path):
     with pytest.raises(InvalidInput, match="Unknown logger 'mlflow'; choose csv, wandb or tensorboard"):
         create_loggers(tmp_path, "mlflow", 0, {})
+
+
+@pytest.mark.parametrize(
+    "card,bf16,float8",
+    [
+        ("NVIDIA A100-SXM4-40GB", 312e12, None),
+        ("NVIDIA A100 80GB PCIe", 312e12, None),
+        ("NVIDIA H100 80GB HBM3", 989e12, 1979e12),
+        ("NVIDIA H100 PCIe", 756e12, 1513e12),
+        ("NVIDIA H200", 989e12, 1979e12),
+        ("NVIDIA L40S", 362e12, 733e12),
+        ("NVIDIA B200", 2250e12, 4500e12),
+        ("NVIDIA GeForce RTX 4090", None, None),
+    ],
+)
+def test_peak_flops_by_card(card, bf16, float8):
+    assert peak_flops_of(card) == bf16 and peak_flops_of(card, float8=True) == float8
+
+
+def test_no_peak_and_no_mfu_on_a_cpu():
+    assert peak_flops(torch.device("cpu")) is None

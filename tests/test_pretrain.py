@@ -450,3 +450,15 @@ def test_z_loss_is_added_to_the_training_loss_and_logged_apart(data, tmp_path):
     assert with_z[2] != plain[2]  # its gradient reached the update
     result = run(train_args(data, tmp_path / "bad", *extra, "--z_loss", "-1"), check=False)
     assert_refused(result, "--z_loss must not be negative")
+
+
+def test_memory_knobs_change_no_loss(data, tmp_path):
+    """Selective activation checkpointing and FSDP2 keeping gathered weights for the backward pass, on 2
+    processes: the losses of the plain 1-process run."""
+    extra = ["--max_steps", "3", "--eval_interval", "100"]
+    run(train_args(data, tmp_path / "plain", *extra))
+    knobs = ["--activation_checkpointing", "selective", "--reshard_after_forward", "false", "--devices", "2"]
+    run(train_args(data, tmp_path / "knobs", *extra, *knobs), launcher=torchrun(2))
+    assert_same_losses(
+        metrics(tmp_path / "plain", "train_loss"), metrics(tmp_path / "knobs", "train_loss"), [1, 2, 3], "knobs"
+    )

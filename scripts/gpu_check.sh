@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The GPU checks in one command (under 8 minutes on one H100/H200): the CUDA kernel tests, 20 training
+# steps of the demo model on CUDA, and the training benchmark of tiny_LLaMA_1b against transformers.
+# Needs only a PyTorch CUDA image plus the project's pure-Python dependencies (pip install -e . --no-deps
+# with the wheels brought along). Writes everything under ${OUT:-gpu_check_out}/ and prints a summary.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-gpu_check_out}
+mkdir -p "$OUT"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+status() { if [ "$1" -eq 0 ]; then echo ok; else echo "FAILED ($1)"; fi; }
+
+python -c "import torch; print(f'{torch.cuda.get_device_name(0)}, PyTorch {torch.__version__}, CUDA {torch.version.cuda}')" \
+    | tee "$OUT/card.txt"
+
+# 1. every fused or optional path against its reference on CUDA (the CPU-only tests are deselected)
+timeout 150 python -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_model.py -k cuda \
+    > "$OUT/kernel_tests.txt" 2>&1
+KERNELS=$?
+
+# 2. 20 steps of the demo model on random-token shards, bf16-mixed, compiled blocks
+python - "$OUT/data" <<'PY' > "$OUT/data.txt" 2>&1
+import sys
+from pathlib import Path
+import numpy as np
+from lit_gpt.data.index import index_directory
+from lit_gpt.data.shards import write_shard
+directory = Path(sys.argv[1])
+directory.mkdir(parents=True, exist_ok=True)
+write_shard(directory / "train_random_0_0000000000.bin", np.random.default_rng(0).integers(0, 4096, 257 * 4096, dtype=np.uint16))
+index_directory(directory)
+PY
+timeout 150 python pretrain/tinyllama.py --config pretrain/configs/cpu_demo.yaml \
+    --train_data "[{name: random, path: $OUT/data}]" --val_data null --out_dir "$OUT/train" --resume false \
+    --overwrite true --precision bf16-mixed --compile true --max_steps 20 --log_interval 5 --save_interval 20 \
+    > "$OUT/train.txt" 2>&1
+TRAIN=$?
+
+# 3. tokens/s per GPU, MFU and peak memory: ours eager / compiled / compiled + selective checkpointing,
+#    and transformers' LlamaForCausalLM (SDPA) eager and compiled, micro-batch 8 x 2048, bf16
+timeout 240 python scripts/benchmark_train.py --model_name tiny_LLaMA_1b --model_config '{}' --seq_len 2048 \
+    --micro_batch_size 8 --precision bf16-true --devices cuda --threads 8 --steps 10 --warmup 3 \
+    --modes '[eager, compile, compile+selective]' > "$OUT/benchmark.txt" 2>&1
+BENCH=$?
+timeout 60 python scripts/benchmark_train.py --loss true --model_name tiny_LLaMA_1b --model_config '{}' \
+    --seq_len 2048 --micro_batch_size 8 --precision bf16-true --devices cuda --steps 5 > "$OUT/loss.txt" 2>&1
+LOSS=$?
+
+echo
+echo "=== summary: $(cat "$OUT/card.txt")"
+echo "kernel tests:  $(status $KERNELS)   $(tail -1 "$OUT/kernel_tests.txt")"
+echo "demo training: $(status $TRAIN)   $(grep -E '^step +20/' "$OUT/train.txt" | tail -1)"
+echo "benchmark:     $(status $BENCH)"
+grep -E 'tokens/s|ours / transformers' "$OUT/benchmark.txt"
+echo "loss:          $(status $LOSS)"
+grep -E 'ms|x the time' "$OUT/loss.txt"
