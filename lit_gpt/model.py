@@ -43,6 +43,7 @@ class GPT(nn.Module):
             )
         )
         self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
+        self.head_loss = kernels.linear_cross_entropy  # training compiles it with the blocks (--compile)
         self.init_weights()
 
     @torch.no_grad()
@@ -95,7 +96,7 @@ class GPT(nn.Module):
                 x = block(x, cos, sin, input_pos)
         x = self.transformer.ln_f(x)
         if targets is not None:
-            return kernels.linear_cross_entropy(x, self.lm_head.weight, targets, z_loss=z_loss)
+            return self.head_loss(x, self.lm_head.weight, targets, z_loss=z_loss)
         return self.lm_head(x)
 
     def set_kv_cache(self, batch_size: int, max_seq_length: int | None = None) -> None:

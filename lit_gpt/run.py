@@ -119,7 +119,7 @@ class RunConfig:
             added, removed or resized, as in continual pretraining on grown data).
         initial_checkpoint: a lit checkpoint directory (scripts/convert_hf_checkpoint.py) whose weights
             start the run.
-        compile: compile each transformer block with torch.compile.
+        compile: compile each transformer block and the training loss with torch.compile.
         activation_checkpointing: none; full: recompute every block's activations in the backward pass
             instead of keeping them (least memory, about a third more compute); selective: every other
             block (half of each).

@@ -68,11 +68,14 @@ def devices_per_node(devices: int | str) -> int | str:
 
 
 def parallelize(model: GPT, mesh: DeviceMesh, run: RunConfig) -> GPT:
-    """fully_shard each Block, then the root: over all devices, or within nodes (hybrid)."""
+    """fully_shard each Block, then the root: over all devices, or within nodes (hybrid); with --compile,
+    each block and the training loss are compiled first."""
     if not run.hybrid_sharding:
         mesh = init_device_mesh(mesh.device_type, (mesh.size(),))
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     kwargs = {"mesh": mesh} | ({"mp_policy": policy} if run.precision == "bf16-mixed" else {})
+    if run.compile:
+        model.head_loss = torch.compile(kernels.linear_cross_entropy)
     for block in model.transformer.h:
         if run.compile:
             block.compile()

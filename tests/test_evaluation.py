@@ -17,13 +17,13 @@ from lm_eval.tasks import TaskManager  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 from lit_gpt import GPT, Config  # noqa: E402
+from lit_gpt.checkpoint import load_model  # noqa: E402
 from lit_gpt.evaluation import GPTEvalModel  # noqa: E402
 
 from conftest import (  # noqa: E402
     DEMO_TOKENIZER,
     REPO_ROOT,
     TINY_OVERRIDES,
-    TOKENIZER,
     assert_refused,
     free_port,
     load_script,
@@ -72,15 +72,9 @@ def evaluate(model, tasks: Path, names: list[str], **kwargs):
 
 def test_adapter_scores_like_the_harness_hugging_face_backend(model_dirs):
     lit, hf, tasks = model_dirs
-    from lit_gpt.checkpoint import load_model_weights, read_model_config
-
-    config = read_model_config(lit)
-    model = GPT(config)
-    model.load_state_dict(load_model_weights(lit))
-    model.eval()
-    ours = evaluate(
-        GPTEvalModel(model, TOKENIZER, config.block_size, batch_size=4), tasks, ["sample_choice", "sample_text"]
-    )
+    model, tokenizer = load_model(lit)
+    names = ["sample_choice", "sample_text", "sample_generate"]
+    ours = evaluate(GPTEvalModel(model, tokenizer, model.config.block_size, batch_size=4), tasks, names)
     # Our texts start with BOS, as in training. The hf backend's add_bos_token=True does that for scored
     # contexts, but its rolling windows then hold BOS twice (the prefix token, and the text's own): for
     # whole texts the backend's default, BOS as the prefix token only, is what we do.
@@ -102,10 +96,17 @@ def test_adapter_scores_like_the_harness_hugging_face_backend(model_dirs):
             ):
                 assert abs(float(ll_a) - float(ll_b)) <= 1e-4, (task, a["doc_id"], ll_a, ll_b)
                 assert greedy_a == greedy_b
-    generated = [s["filtered_resps"] for s in sorted(ours["samples"]["sample_generate"], key=lambda s: s["doc_id"])]
-    expected = [s["filtered_resps"] for s in sorted(theirs["samples"]["sample_generate"], key=lambda s: s["doc_id"])]
-    assert generated == expected and len(generated) == 16  # greedy, with the KV cache, cut at the stop strings
-    assert len({str(g) for g in generated}) > 1
+
+    # A random model emits stray byte tokens; SentencePiece and Hugging Face's byte-fallback decoder turn
+    # invalid UTF-8 into different replacement characters, so the printable text is compared.
+    def printable(samples: list[dict]) -> list[str]:
+        responses = [s["filtered_resps"] for s in sorted(samples, key=lambda s: s["doc_id"])]
+        texts = [r[0] if isinstance(r, list) else r for r in responses]
+        return ["".join(c for c in text if c.isprintable() and c != "\ufffd") for text in texts]
+
+    generated = printable(ours["samples"]["sample_generate"])
+    assert generated == printable(theirs["samples"]["sample_generate"]) and len(generated) == 16  # greedy, KV cache
+    assert len(set(generated)) > 8  # different texts: the comparison means something
     for metric in ("acc,none", "acc_norm,none"):
         assert ours["results"]["sample_choice"][metric] == theirs["results"]["sample_choice"][metric]
     accuracy = ours["results"]["sample_choice"]["acc,none"]

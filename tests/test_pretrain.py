@@ -329,9 +329,10 @@ def test_optional_loggers_write_their_runs(data, tmp_path, monkeypatch, logger):
 
 
 @pytest.mark.slow
-def test_compiled_blocks_train_like_eager_ones(data, tmp_path):
+@pytest.mark.parametrize("z_loss", ["0", "1e-4"], ids=["pytorch-loss", "our-loss"])
+def test_compiled_blocks_and_loss_train_like_eager_ones(data, tmp_path, z_loss):
     for name, extra in (("eager", []), ("compiled", ["--compile", "true"])):
-        run(train_args(data, tmp_path / name, "--max_steps", "3", *extra))
+        run(train_args(data, tmp_path / name, "--max_steps", "3", "--z_loss", z_loss, *extra))
     eager, compiled = metrics(tmp_path / "eager", "train_loss"), metrics(tmp_path / "compiled", "train_loss")
     assert sorted(eager) == sorted(compiled) == [1, 2, 3]
     assert all(abs(float(eager[s]) - float(compiled[s])) < 1e-4 for s in eager)
