@@ -90,15 +90,21 @@ class CheckpointWriter:
         self,
         fabric: Any,
         out_dir: Path,
-        files: dict[str, Any],
+        model_config: Config,
+        run_config: dict[str, Any],
+        fingerprint: dict[str, Fingerprint],
         tokenizer_path: Path | None,
         keep: int,
         background: bool = False,
     ) -> None:
-        """``files``: JSON files (name -> content) written into every checkpoint to describe it."""
         import torch.distributed as dist
 
-        self.fabric, self.out_dir, self.files, self.keep = fabric, out_dir, files, keep
+        self.fabric, self.out_dir, self.keep = fabric, out_dir, keep
+        self.files = {  # written into every checkpoint, so that it describes itself
+            "model_config.json": model_config.to_dict(),
+            "hyperparameters.json": run_config,
+            DATA_FINGERPRINT: {name: source.to_dict() for name, source in fingerprint.items()},
+        }
         self.tokenizer = Tokenizer(tokenizer_path).path if tokenizer_path is not None else None
         self.background = background
         # The writer thread's collectives need a process group of their own, next to training's (and on

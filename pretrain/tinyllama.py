@@ -28,7 +28,6 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from lit_gpt import GPT, Config, Tokenizer, kernels
 from lit_gpt.checkpoint import (
-    DATA_FINGERPRINT,
     CheckpointWriter,
     check_state_dict,
     complete_checkpoints,
@@ -152,13 +151,15 @@ def main(fabric: L.Fabric, run: RunConfig) -> None:
             return
 
     loggers = create_loggers(run.out_dir, run.logger, state["step"], run.to_dict()) if rank == 0 else []
-    files = {
-        "model_config.json": config.to_dict(),
-        "hyperparameters.json": run.to_dict(),
-        DATA_FINGERPRINT: {name: source.to_dict() for name, source in fingerprint.items()},
-    }
     writer = CheckpointWriter(
-        fabric, run.out_dir, files, run.tokenizer_path, run.keep_checkpoints, background=run.async_checkpoint
+        fabric,
+        run.out_dir,
+        config,
+        run.to_dict(),
+        fingerprint,
+        run.tokenizer_path,
+        run.keep_checkpoints,
+        background=run.async_checkpoint,
     )
     if run.save_initial and state["step"] == 0:
         save(fabric, writer, state, train_loader, guard)
