@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU checks in one command (under 8 minutes on one H100/H200): the CUDA kernel tests, 20 training
 # steps of the demo model on CUDA, and the training benchmark of tiny_LLaMA_1b against transformers.
-# Needs only a PyTorch CUDA image plus the project's pure-Python dependencies (pip install -e . --no-deps
-# with the wheels brought along). Writes everything under ${OUT:-gpu_check_out}/ and prints a summary.
+# Needs a PyTorch CUDA image plus the project's dependencies and transformers (the benchmark's reference
+# and test_model's), installed from wheels brought along where there is no package index. Writes
+# everything under ${OUT:-gpu_check_out}/ and prints a summary.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_check_out}
