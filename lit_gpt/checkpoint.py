@@ -1,20 +1,23 @@
 """Checkpoints: the training-state directory (its schema, atomic save, exact load) and model weights.
 
 A training checkpoint is ``out_dir/step-{step:08d}/``: the sharded model and optimizer state written by
-Fabric (torch.distributed.checkpoint, one file per rank), its ``meta.pt`` with counters and the loader's
-position, ``data_fingerprint.json`` (the training shards), and ``model_config.json``,
-``hyperparameters.json`` and a copy of the tokenizer so that the directory describes itself. It is
-written as ``out_dir/.tmp-step-{step:08d}`` and renamed when every rank has finished, so a crash never
-leaves a directory that looks complete. A lit checkpoint is ``model.safetensors`` + ``model_config.json``
-(+ ``tokenizer.model``): what conversion from Hugging Face writes.
+Fabric (torch.distributed.checkpoint, one file per rank), its ``meta.pt`` with counters, the loader's
+position and the format version (``lit_gpt.migrations`` reads older formats), ``data_fingerprint.json``
+(the training shards), and ``model_config.json``, ``hyperparameters.json`` and a copy of the tokenizer
+so that the directory describes itself. It is written as ``out_dir/.tmp-step-{step:08d}`` and renamed
+when every rank has finished, so a crash never leaves a directory that looks complete. A lit checkpoint
+is ``model.safetensors`` + ``model_config.json`` (+ ``tokenizer.model``): what conversion from Hugging
+Face writes.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import re
 import shutil
+import subprocess
 import time
 import warnings
 from pathlib import Path
@@ -24,7 +27,10 @@ import torch
 
 from lit_gpt.config import Config
 from lit_gpt.data.index import Fingerprint
-from lit_gpt.errors import InvalidInput, MissingInput, OutputExists, TensorMismatch
+from lit_gpt.errors import InvalidInput, MissingInput, OutputExists
+from lit_gpt.hf import read_hf_model
+from lit_gpt.migrations import FORMAT_VERSION, migrate
+from lit_gpt.model import GPT, check_state_dict
 from lit_gpt.tokenizer import Tokenizer
 
 CHECKPOINT_PATTERN = re.compile(r"^step-(\d{8})$")
@@ -107,6 +113,7 @@ class CheckpointWriter:
         }
         self.tokenizer = Tokenizer(tokenizer_path).path if tokenizer_path is not None else None
         self.background = background
+        self.code_version = code_version()
         # The writer thread's collectives need a process group of their own, next to training's (and on
         # CPU, as async saving asks for one even when training talks over NCCL).
         self.group = dist.new_group(backend="gloo") if background else None
@@ -129,6 +136,7 @@ class CheckpointWriter:
             tmp.mkdir(parents=True)
         self.fabric.barrier()
         tensors, metadata = sharded_state(state)
+        metadata |= {"format_version": FORMAT_VERSION, "code_version": self.code_version}
         if self.fabric.global_rank == 0:
             torch.save(metadata, tmp / "meta.pt")
             for name, content in self.files.items():
@@ -168,6 +176,21 @@ class CheckpointWriter:
         return final
 
 
+def code_version() -> str:
+    """Which code wrote a checkpoint: the package version and, in a git checkout, the commit."""
+    try:
+        version = f"lit-gpt-tinyllama {importlib.metadata.version('lit-gpt-tinyllama')}"
+    except importlib.metadata.PackageNotFoundError:  # run from a clone that was not installed
+        version = "lit-gpt-tinyllama"
+    try:
+        root = Path(__file__).resolve().parents[1]
+        command = ["git", "-C", str(root), "describe", "--always", "--dirty"]
+        commit = subprocess.run(command, capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"{version} ({commit})" if commit else version
+
+
 def sharded_state(state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """``state`` split as Fabric saves it: the model's and optimizer's sharded state dicts (their
     tensors, offloaded to CPU), and everything else (counters, positions) for ``meta.pt``."""
@@ -199,10 +222,13 @@ def load_training_state(
 ) -> list[str]:
     """Fill ``state`` from ``checkpoint`` after checking that the training data is the checkpoint's;
     returns what changed in the data where ``allow_data_change`` lets it pass."""
+    meta = migrate(torch.load(checkpoint / "meta.pt", weights_only=True), checkpoint)
     changes = data_changes(checkpoint, fingerprint)
     if changes and not allow_data_change:
         raise InvalidInput(f"{changes[0]}. Pass --allow_data_change true if this is meant.")
-    fabric.load(checkpoint, state)
+    tensors = {key: obj for key, obj in state.items() if isinstance(obj, torch.nn.Module | torch.optim.Optimizer)}
+    fabric.load(checkpoint, tensors)
+    state.update({key: meta[key] for key in state if key not in tensors})
     if state["data"]["step"] != state["step"]:
         position = state["data"]["step"]
         raise InvalidInput(f"{checkpoint}: its data position is at step {position}, not {state['step']}")
@@ -265,9 +291,6 @@ def load_model(checkpoint_dir: Path, tokenizer_path: Path | None = None) -> tupl
     """A ``GPT`` in eval mode with the weights of a lit checkpoint, a training checkpoint (written by any
     number of ranks) or a Hugging Face Llama directory, and its tokenizer (``tokenizer_path``, else the
     checkpoint's copy)."""
-    from lit_gpt.hf import read_hf_model
-    from lit_gpt.model import GPT
-
     if not checkpoint_dir.is_dir():
         raise MissingInput(f"{checkpoint_dir} is not a directory")
     if (checkpoint_dir / "config.json").is_file() and not (checkpoint_dir / "model_config.json").is_file():
@@ -291,24 +314,6 @@ def find_tokenizer(checkpoint_dir: Path, tokenizer_path: Path | None) -> Tokeniz
     if (checkpoint_dir / "tokenizer.model").is_file():
         return Tokenizer(checkpoint_dir / "tokenizer.model")
     return None
-
-
-def check_state_dict(state_dict: dict[str, torch.Tensor], config: Config, source: Path) -> None:
-    """Every tensor the model needs is there, with its shape, and nothing else."""
-    from lit_gpt.model import GPT
-
-    with torch.device("meta"):
-        expected = {name: tensor.shape for name, tensor in GPT(config).state_dict().items()}
-    for name, shape in expected.items():
-        if name not in state_dict:
-            raise TensorMismatch(f"{source}: missing tensor {name!r}")
-        if state_dict[name].shape != shape:
-            raise InvalidInput(
-                f"{source}: tensor {name!r} has shape {tuple(state_dict[name].shape)}, expected {tuple(shape)}"
-            )
-    unexpected = sorted(set(state_dict) - set(expected))
-    if unexpected:
-        raise TensorMismatch(f"{source}: unexpected tensor {unexpected[0]!r}")
 
 
 def write_atomically(output_dir: Path, write: Any) -> None:

@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
-from lit_gpt.checkpoint import check_state_dict
 from lit_gpt.config import Config
 from lit_gpt.errors import InvalidInput, MissingInput, TensorMismatch
+from lit_gpt.model import check_state_dict
 from lit_gpt.tokenizer import Tokenizer
 
 # Lit-GPT module -> Hugging Face Llama module; "{i}" is the layer index. Each entry covers the

@@ -11,6 +11,7 @@ operations go through ``lit_gpt.kernels``, which picks fused GPU kernels or exac
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -19,6 +20,7 @@ from torch.utils.checkpoint import checkpoint
 
 from lit_gpt import kernels
 from lit_gpt.config import Config
+from lit_gpt.errors import InvalidInput, TensorMismatch
 
 Checkpointing = Literal["none", "full", "selective"]
 
@@ -218,3 +220,19 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return kernels.rms_norm(x, self.weight, self.eps)
+
+
+def check_state_dict(state_dict: dict[str, torch.Tensor], config: Config, source: Path) -> None:
+    """Every tensor the model needs is there, with its shape, and nothing else."""
+    with torch.device("meta"):
+        expected = {name: tensor.shape for name, tensor in GPT(config).state_dict().items()}
+    for name, shape in expected.items():
+        if name not in state_dict:
+            raise TensorMismatch(f"{source}: missing tensor {name!r}")
+        if state_dict[name].shape != shape:
+            raise InvalidInput(
+                f"{source}: tensor {name!r} has shape {tuple(state_dict[name].shape)}, expected {tuple(shape)}"
+            )
+    unexpected = sorted(set(state_dict) - set(expected))
+    if unexpected:
+        raise TensorMismatch(f"{source}: unexpected tensor {unexpected[0]!r}")

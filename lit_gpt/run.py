@@ -32,7 +32,7 @@ class DataSource:
     """A dataset directory of packed shards, its name (for stage mixtures) and its default weight.
 
     ``prefix`` selects the shards whose names start with it, for a directory that holds several sources
-    (the original TinyLlama scripts write ``train_slimpajama*``, ``train_starcoder*`` and ``valid_*``
+    (the original TinyLlama scripts write ``train_slimpajama*``, ``train_starcoder*`` and ``validation_*``
     into one folder).
     """
 
@@ -61,7 +61,7 @@ class RunConfig:
             own loss, and val_loss is their weighted mean), e.g. SlimPajama's and StarCoder's validation
             sets; or null for none.
         val_prefix: with one val_data directory, read only the shards whose names start with this
-            (e.g. ``valid_``); several directories take a ``prefix`` each.
+            (e.g. ``validation_``); several directories take a ``prefix`` each.
         tokenizer_path: the tokenizer the shards were made with; checked against the model and the
             shards' index, and copied into checkpoints for conversion.
         out_dir: checkpoints, metrics.csv and logs.

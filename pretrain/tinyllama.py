@@ -29,7 +29,6 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from lit_gpt import GPT, Config, Tokenizer, kernels
 from lit_gpt.checkpoint import (
     CheckpointWriter,
-    check_state_dict,
     complete_checkpoints,
     load_model_weights,
     load_training_state,
@@ -39,6 +38,7 @@ from lit_gpt.checkpoint import (
 from lit_gpt.cli import run as run_command
 from lit_gpt.data.loader import BlockLoader
 from lit_gpt.errors import InvalidInput
+from lit_gpt.model import check_state_dict
 from lit_gpt.monitor import MetricLogger, Throughput, create_loggers, format_eta
 from lit_gpt.run import RunConfig
 from lit_gpt.schedule import StagePlan

@@ -127,7 +127,8 @@ def benchmark_data(
 
         start = time.perf_counter()
         restored = create_loader([shards], block_size=2048, micro_batch_size=8)
-        restored.load_state_dict({"step": 1_000_000, "position": 8_000_000, "taken": [8_000_000], "micro_batch": 0})
+        position = {"step": 1_000_000, "position": 8_000_000, "taken": [8_000_000], "micro_batch": 0}
+        restored.load_state_dict(position | {"world_size": 1, "micro_batch_size": 8})
         next(iter(restored))
         restore_seconds = time.perf_counter() - start
         print(f"(d) restore at step 1,000,000:      {restore_seconds:8.3f} s (target < 2 s)")

@@ -12,9 +12,10 @@ from typing import Literal
 
 import torch
 
-from lit_gpt.checkpoint import check_state_dict, find_tokenizer, load_model_weights, read_model_config, write_atomically
+from lit_gpt.checkpoint import find_tokenizer, load_model_weights, read_model_config, write_atomically
 from lit_gpt.cli import run
 from lit_gpt.hf import write_hf_model
+from lit_gpt.model import check_state_dict
 
 
 def convert_lit_checkpoint(

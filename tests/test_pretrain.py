@@ -398,7 +398,7 @@ def test_a_directory_made_by_the_original_scripts_trains_through_name_prefixes(t
     original = tmp_path / "original"  # every split and source in one folder, told apart by name prefix
     original.mkdir()
     rng = np.random.default_rng(1)
-    for prefix, files in (("train_slimpajama", 3), ("train_starcoder", 2), ("valid_slimpajama", 1)):
+    for prefix, files in (("train_slimpajama", 3), ("train_starcoder", 2), ("validation_slimpajama", 1)):
         for i in range(files):
             write_original_shard(original / f"{prefix}_{i:010d}.bin", rng.integers(0, 4096, 33 * 40), 33 * 40)
     command = [sys.executable, str(REPO_ROOT / "scripts" / "index_shards.py"), "--directory", str(original)]
@@ -407,7 +407,7 @@ def test_a_directory_made_by_the_original_scripts_trains_through_name_prefixes(t
         f"[{{name: slimpajama, path: {original}, prefix: train_slimpajama, weight: 0.7}}, "
         f"{{name: starcoder, path: {original}, prefix: train_starcoder, weight: 0.3}}]"
     )
-    args = ["--train_data", train_data, "--val_data", str(original), "--val_prefix", "valid_", "--max_steps", "4"]
+    args = ["--train_data", train_data, "--val_data", str(original), "--val_prefix", "validation_", "--max_steps", "4"]
     result = run(train_args(tmp_path, tmp_path / "out", *args))
     assert "not in an index" not in result.stderr
     assert sorted(metrics(tmp_path / "out", "train_loss")) == [1, 2, 3, 4]

@@ -36,7 +36,7 @@ from lit_gpt.data.index import (
     shard_names,
 )
 from lit_gpt.data.shards import read_shard
-from lit_gpt.errors import InvalidInput, MissingInput
+from lit_gpt.errors import InvalidInput, MissingInput, UserError
 
 # Mixture weights: one weight per source, or a function from an array of token counts (n,) to the
 # weights at each of them (n, sources), for stages whose mixture ramps in.
@@ -262,6 +262,9 @@ class MixtureDraws:
         return counts
 
 
+SPLIT = {"world_size", "micro_batch_size"}  # how a step's positions were split, beside the counters
+
+
 def initial_state(num_sources: int) -> dict:
     return {"step": 0, "position": 0, "taken": [0] * num_sources, "micro_batch": 0}
 
@@ -331,9 +334,18 @@ class MixedBlockDataset(IterableDataset):
         first = self.rank * (size // self.world_size) + micro * self.micro_batch_size
         return range(first, first + self.micro_batch_size)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, dict]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor | UserError, dict]]:
         info = get_worker_info()
-        workers, worker = (1, 0) if info is None else (info.num_workers, info.id)
+        if info is None:
+            yield from self.micro_batches(1, 0)
+            return
+        try:
+            yield from self.micro_batches(info.num_workers, info.id)
+        except UserError as error:  # raised in a worker, the DataLoader would wrap it in a traceback:
+            yield error, {}  # handed to the main process instead, which raises it as it is
+
+    def micro_batches(self, workers: int, worker: int) -> Iterator[tuple[torch.Tensor, dict]]:
+        """This rank's micro-batches from the loader's state on, those of DataLoader worker ``worker``."""
         step, position, skip = self.state["step"], self.state["position"], self.state["micro_batch"]
         taken = np.array(self.state["taken"], dtype=np.int64)
         emitted = 0
@@ -379,20 +391,33 @@ class BlockLoader:
                 self.dataset, batch_size=None, num_workers=self.num_workers, pin_memory=torch.cuda.is_available()
             )
         for batch, state in loader:
+            if isinstance(batch, UserError):
+                raise batch
             self.dataset.state = state
             yield batch
 
     def state_dict(self) -> dict:
-        return {**self.dataset.state, "taken": list(self.dataset.state["taken"])}
+        """The four global counters, and the split they were taken with (which matters mid-step only)."""
+        split = {"world_size": self.dataset.world_size, "micro_batch_size": self.dataset.micro_batch_size}
+        return {**self.dataset.state, "taken": list(self.dataset.state["taken"])} | split
 
     def load_state_dict(self, state: dict) -> None:
-        expected = initial_state(len(self.dataset.sources))
-        if set(state) != set(expected) or len(state["taken"]) != len(expected["taken"]):
+        """Continue from ``state``: on any split at a step boundary; in the middle of a step only on the
+        split it was taken with, since the micro-batches done are then a different set of positions."""
+        counters = initial_state(len(self.dataset.sources))
+        if set(state) != set(counters) | SPLIT or len(state["taken"]) != len(counters["taken"]):
             raise InvalidInput(
-                f"Not a loader state for {len(expected['taken'])} data source(s): {state}; a checkpoint keeps its "
+                f"Not a loader state for {len(counters['taken'])} data source(s): {state}; a checkpoint keeps its "
                 "sources (add or remove one with a new run started from its weights)"
             )
-        self.dataset.state = {**state, "taken": [int(t) for t in state["taken"]]}
+        split = (self.dataset.world_size, self.dataset.micro_batch_size)
+        if state["micro_batch"] and (state["world_size"], state["micro_batch_size"]) != split:
+            raise InvalidInput(
+                f"The loader state was taken in the middle of step {state['step']} ({state['micro_batch']} "
+                f"micro-batches done) on {state['world_size']} rank(s) x micro-batch {state['micro_batch_size']}; "
+                f"it continues on that split only, not on {split[0]} x {split[1]}; resume from a step boundary"
+            )
+        self.dataset.state = {key: state[key] for key in counters} | {"taken": [int(t) for t in state["taken"]]}
 
     def reset(self) -> None:
         """Back to the first block (for a validation pass that reads the same blocks every time)."""

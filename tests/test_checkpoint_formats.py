@@ -1,0 +1,85 @@
+"""Checkpoints outlive the code: every committed fixture (one per format ever written) resumes with the
+losses that the code which wrote it logged next, and a format this code cannot read is refused in one line."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lit_gpt.migrations import FORMAT_VERSION, MIGRATIONS, format_version, migrate
+
+from conftest import REPO_ROOT, assert_refused
+
+FIXTURES = REPO_ROOT / "tests" / "fixtures" / "checkpoints"
+sys.path.insert(0, str(FIXTURES))
+from make import SAVED_AT, training_args  # noqa: E402  (the fixtures' own run, shared with their maker)
+
+FORMATS = sorted(int(path.name.removeprefix("format-")) for path in FIXTURES.glob("format-*"))
+SCRIPT = REPO_ROOT / "pretrain" / "tinyllama.py"
+
+
+def resume(checkpoint: Path, out_dir: Path) -> subprocess.CompletedProcess:
+    args = [*training_args(FIXTURES / "data", out_dir), "--resume", str(checkpoint)]
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=600)
+
+
+def logged_losses(out_dir: Path) -> dict[int, float]:
+    lines = (out_dir / "metrics.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    rows = [dict(zip(header, line.split(","), strict=False)) for line in lines[1:]]
+    return {int(row["step"]): float(row["train_loss"]) for row in rows if row.get("train_loss")}
+
+
+def test_a_fixture_exists_for_every_format_since_the_first():
+    assert FORMATS == list(range(1, FORMAT_VERSION + 1))
+
+
+@pytest.mark.parametrize("version", FORMATS)
+def test_every_fixture_resumes_with_the_losses_its_code_logged_next(tmp_path, version):
+    fixture = FIXTURES / f"format-{version}"
+    checkpoint = fixture / f"step-{SAVED_AT:08d}"
+    meta = torch.load(checkpoint / "meta.pt", weights_only=True)
+    assert format_version(meta) == version
+    result = resume(checkpoint, tmp_path / "out")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert f"at step {SAVED_AT}" in result.stdout
+    recorded = json.loads((fixture / "fixture.json").read_text())["losses_after_resume"]
+    assert logged_losses(tmp_path / "out") == {int(step): loss for step, loss in recorded.items()}  # bitwise
+
+
+def test_the_resumed_run_saves_todays_format(tmp_path):
+    resume(FIXTURES / f"format-{FORMATS[0]}" / f"step-{SAVED_AT:08d}", tmp_path / "out")
+    meta = torch.load(tmp_path / "out" / "step-00000006" / "meta.pt", weights_only=True)
+    assert meta["format_version"] == FORMAT_VERSION and meta["code_version"].startswith("lit-gpt-tinyllama")
+
+
+@pytest.mark.parametrize("version", [FORMAT_VERSION + 1, 99])
+def test_a_newer_format_is_refused_in_one_line(tmp_path, version):
+    checkpoint = tmp_path / "newer"
+    shutil.copytree(FIXTURES / f"format-{FORMATS[-1]}" / f"step-{SAVED_AT:08d}", checkpoint)
+    meta = torch.load(checkpoint / "meta.pt", weights_only=True)
+    torch.save(meta | {"format_version": version}, checkpoint / "meta.pt")
+    assert_refused(resume(checkpoint, tmp_path / "out"), f"format {version}", f"up to format {FORMAT_VERSION}")
+    assert not (tmp_path / "out" / "metrics.csv").exists()
+
+
+def test_a_checkpoint_from_before_numbered_formats_is_refused_in_one_line(tmp_path):
+    checkpoint = tmp_path / "ancient"
+    shutil.copytree(FIXTURES / "format-1" / f"step-{SAVED_AT:08d}", checkpoint)
+    meta = torch.load(checkpoint / "meta.pt", weights_only=True)
+    torch.save({"step": meta["step"], "loaders": None}, checkpoint / "meta.pt")  # session 1's layout
+    assert_refused(
+        resume(checkpoint, tmp_path / "out"), "before checkpoint formats were numbered", "--initial_checkpoint"
+    )
+
+
+def test_without_its_migration_a_format_is_refused(monkeypatch):
+    meta = torch.load(FIXTURES / "format-2" / f"step-{SAVED_AT:08d}" / "meta.pt", weights_only=True)
+    assert migrate(meta, Path("ckpt"))["spike_guard"] == {"loss": [], "grad_norm": []}
+    monkeypatch.delitem(MIGRATIONS, 2)
+    with pytest.raises(ValueError, match="format 2, which this code cannot migrate to format"):
+        migrate(meta, Path("ckpt"))
