@@ -12,12 +12,14 @@ Face writes.
 
 from __future__ import annotations
 
+import errno
 import importlib.metadata
 import json
 import os
 import re
 import shutil
 import subprocess
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -27,7 +29,7 @@ import torch
 
 from lit_gpt.config import Config
 from lit_gpt.data.index import Fingerprint
-from lit_gpt.errors import InvalidInput, MissingInput, OutputExists
+from lit_gpt.errors import InvalidInput, MissingInput, OutOfSpace, OutputExists
 from lit_gpt.hf import read_hf_model
 from lit_gpt.migrations import FORMAT_VERSION, migrate
 from lit_gpt.model import GPT, check_state_dict
@@ -62,6 +64,17 @@ def remove_run(out_dir: Path) -> list[str]:
             path.unlink()
         removed.append(path.name)
     return removed
+
+
+def check_writable(out_dir: Path) -> None:
+    """Refuse an ``out_dir`` that cannot be written (read-only, no permission) at start-up, before a
+    checkpoint is loaded and long before the first one is saved."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out_dir):
+            pass
+    except OSError as error:
+        raise InvalidInput(f"--out_dir {out_dir} cannot be written: {error.strerror or error}") from None
 
 
 def resume_checkpoint(resume: bool | str | Path, out_dir: Path) -> Path | None:
@@ -120,37 +133,114 @@ class CheckpointWriter:
         self.in_flight: tuple[Any, Path, Path] | None = None  # (future, temporary dir, final dir)
         self.started = 0.0
         self.write_seconds = 0.0  # how long the last complete checkpoint took, from start to rename
+        self.needed = 0  # the bytes of the last checkpoint, all ranks together
 
     def save(self, state: dict[str, Any]) -> Path:
         """Start writing ``state`` (``model``, ``optimizer``, ``step`` and plain values) as
-        ``out_dir/step-{step:08d}``; in the foreground the checkpoint is complete on return."""
+        ``out_dir/step-{step:08d}``; in the foreground the checkpoint is complete on return.
+
+        A checkpoint that the filesystem has no room for is refused before anything is written (the
+        bytes every rank will write, summed, against the free space), and a write that fails anyway
+        (a quota, a disk shared with other jobs) is one error on every rank: the temporary directory is
+        removed and the older checkpoints stay as they were."""
         import torch.distributed.checkpoint as dcp
 
         self.finish()
         self.started = time.perf_counter()
         final = self.out_dir / checkpoint_name(state["step"])
         tmp = self.out_dir / f".tmp-{final.name}"
-        if self.fabric.global_rank == 0:
+        tensors, metadata = sharded_state(state)
+        metadata |= {"format_version": FORMAT_VERSION, "code_version": self.code_version}
+        self.needed = self.check_space(tensors, final)
+
+        def describe() -> None:  # rank 0: the directory, and the files that describe the checkpoint
             if tmp.exists():
                 shutil.rmtree(tmp)  # left by a crash during an earlier save
             tmp.mkdir(parents=True)
-        self.fabric.barrier()
-        tensors, metadata = sharded_state(state)
-        metadata |= {"format_version": FORMAT_VERSION, "code_version": self.code_version}
-        if self.fabric.global_rank == 0:
             torch.save(metadata, tmp / "meta.pt")
             for name, content in self.files.items():
                 (tmp / name).write_text(json.dumps(content, indent=2, default=str))
             if self.tokenizer is not None:
                 shutil.copy(self.tokenizer, tmp / "tokenizer.model")
-        if self.background:
-            self.in_flight = (dcp.async_save(tensors, checkpoint_id=tmp, process_group=self.group), tmp, final)
-        else:
+
+        self.on_rank_0(describe, final, tmp)
+        try:
+            if self.background:
+                future = dcp.async_save(tensors, checkpoint_id=tmp, process_group=self.group)
+                self.in_flight = (future, tmp, final)
+                return final
             dcp.save(tensors, checkpoint_id=tmp)
-            self.in_flight = (None, tmp, final)
-            self.finish()
-            self.fabric.barrier()
+        except Exception as error:  # torch.distributed.checkpoint reports a failure on any rank to every rank
+            raise self.write_failed(error, final, tmp) from None
+        self.in_flight = (None, tmp, final)
+        self.finish()
+        self.fabric.barrier()
         return final
+
+    def check_space(self, tensors: dict[str, Any], final: Path) -> int:
+        """The bytes this checkpoint needs (every rank's tensors, and a margin for the small files);
+        refused on every rank where the filesystem of ``out_dir`` has fewer free."""
+        from torch.utils._pytree import tree_leaves
+
+        local = sum(
+            leaf.to_local().nbytes if hasattr(leaf, "to_local") else leaf.nbytes
+            for leaf in tree_leaves(tensors)
+            if isinstance(leaf, torch.Tensor)
+        )
+        needed = (
+            int(
+                self.fabric.all_reduce(
+                    torch.tensor(float(local), dtype=torch.float64, device=self.fabric.device), reduce_op="sum"
+                ).item()
+            )
+            + 2**20
+        )
+        free = shutil.disk_usage(self.out_dir).free
+        room = int(
+            self.fabric.all_reduce(
+                torch.tensor(float(free >= needed), device=self.fabric.device), reduce_op="min"
+            ).item()
+        )
+        if not room:
+            raise OutOfSpace(self.no_space(final, needed, free))
+        return needed
+
+    def no_space(self, final: Path, needed: int, free: int) -> str:
+        kept = complete_checkpoints(self.out_dir)
+        newest = f"the newest complete one, {kept[-1].name}, is intact" if kept else "no older checkpoint exists"
+        return (
+            f"No space left on the device of {self.out_dir} for checkpoint {final.name}: it needs about "
+            f"{needed:,} bytes, {free:,} are free; {newest}. Free space (or lower --keep_checkpoints) and "
+            "rerun the same command: it resumes from the newest checkpoint"
+        )
+
+    def on_rank_0(self, write: Any, final: Path, tmp: Path) -> None:
+        """Run ``write`` on rank 0; every rank learns whether it failed, and all raise the same error."""
+        failure = None
+        if self.fabric.global_rank == 0:
+            try:
+                write()
+            except Exception as error:
+                failure = self.write_failed(error, final, tmp)
+        failed = self.fabric.all_reduce(
+            torch.tensor(float(failure is not None), device=self.fabric.device), reduce_op="max"
+        ).item()
+        if failure is not None:
+            raise failure
+        if failed:
+            raise InvalidInput(f"Rank 0 could not write checkpoint {final}")  # rank 0 prints why
+
+    def write_failed(self, error: Exception, final: Path, tmp: Path) -> Exception:
+        """The error to raise for a failed write, after removing its temporary directory: a full disk
+        or another filesystem error in one line, anything else (a bug) as it is."""
+        if self.fabric.global_rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        text = str(error)
+        if "No space left" in text or "unexpected pos" in text or getattr(error, "errno", None) == errno.ENOSPC:
+            return OutOfSpace(self.no_space(final, self.needed, shutil.disk_usage(self.out_dir).free))
+        if isinstance(error, OSError):
+            return InvalidInput(f"Cannot write checkpoint {final}: {error}")
+        return error
 
     def poll(self) -> Path | None:
         """The checkpoint whose background write has just completed (now renamed into place), if any."""
@@ -165,7 +255,10 @@ class CheckpointWriter:
         future, tmp, final = self.in_flight
         self.in_flight = None
         if future is not None:
-            future.result()  # on rank 0 (the coordinator), complete only when every rank has written
+            try:
+                future.result()  # on rank 0 (the coordinator), complete only when every rank has written
+            except Exception as error:
+                raise self.write_failed(error, final, tmp) from None
         if self.fabric.global_rank == 0:
             if final.exists():
                 shutil.rmtree(final)

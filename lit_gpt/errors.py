@@ -29,3 +29,7 @@ class OutputExists(UserError, FileExistsError):
 
 class TensorMismatch(UserError, KeyError):
     """A checkpoint's tensors are not those of the model: one missing, unexpected or unnamed."""
+
+
+class OutOfSpace(UserError, OSError):
+    """The filesystem has no room for what the command must write."""

@@ -29,6 +29,7 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from lit_gpt import GPT, Config, Tokenizer, kernels
 from lit_gpt.checkpoint import (
     CheckpointWriter,
+    check_writable,
     complete_checkpoints,
     load_model_weights,
     load_training_state,
@@ -48,6 +49,7 @@ from lit_gpt.spikes import SpikeGuard
 def setup(run: RunConfig) -> None:
     """Start Fabric (launching the processes unless torchrun or SLURM did) and run ``main`` on each."""
     run = replace(run, precision=run.resolved_precision(), devices=devices_per_node(run.devices))
+    check_writable(run.out_dir)
     strategy = ModelParallelStrategy(parallelize_fn=lambda model, mesh: parallelize(model, mesh, run))
     # bf16-mixed is done by FSDP2's mixed-precision policy (bf16 all-gathers), so Fabric keeps fp32.
     precision = "32-true" if run.precision == "bf16-mixed" else run.precision

@@ -1,0 +1,91 @@
+"""A full disk and a read-only out_dir, on real filesystems: a small tmpfs mounted for the test (as root,
+which CI is; skipped with the reason elsewhere)."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO_ROOT, assert_refused, free_port, train_args
+
+SCRIPT = REPO_ROOT / "pretrain" / "tinyllama.py"
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root (CI runs as root)")
+
+
+def train(args: list[str], processes: int = 1) -> subprocess.CompletedProcess:
+    launcher = [sys.executable]
+    if processes > 1:
+        launcher += [
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(processes),
+            "--master_port",
+            str(free_port()),
+        ]
+    return subprocess.run([*launcher, str(SCRIPT), *args], capture_output=True, text=True, timeout=600)
+
+
+def losses(out_dir: Path) -> dict[int, str]:
+    lines = (out_dir / "metrics.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    rows = [dict(zip(header, line.split(","), strict=False)) for line in lines[1:]]
+    return {int(row["step"]): row["train_loss"] for row in rows if row.get("train_loss")}
+
+
+def directory_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+@pytest.fixture
+def mount(tmp_path):
+    """mount(size_bytes) -> a fresh tmpfs of that size; unmounted at the end."""
+    mounted = []
+
+    def make(size: int) -> Path:
+        point = tmp_path / f"tmpfs{len(mounted)}"
+        point.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)], check=True)
+        mounted.append(point)
+        return point
+
+    yield make
+    for point in mounted:
+        subprocess.run(["umount", "-l", str(point)], check=False)
+
+
+@needs_root
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_disk_that_fills_at_the_second_checkpoint_is_one_line_and_the_first_resumes(data, tmp_path, mount, processes):
+    extra = ["--max_steps", "4", "--save_interval", "2", "--eval_interval", "100", "--devices", str(processes)]
+    reference = tmp_path / "reference"
+    assert train(train_args(data, reference, *extra), processes).returncode == 0
+    checkpoint_bytes = directory_bytes(reference / "step-00000002")
+    disk = mount(int(checkpoint_bytes * 1.5))  # room for one checkpoint and the logs, not for two
+    result = train(train_args(data, disk / "out", *extra), processes)
+    if processes == 1:
+        assert_refused(result, "No space left", "step-00000004", "needs about", "are free", "step-00000002, is intact")
+    else:  # torchrun adds its own report of the failed workers; our line is there once
+        lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+        assert result.returncode != 0 and len(lines) == 1 and "No space left" in lines[0], result.stderr[-3000:]
+        assert "enforce fail" not in result.stderr
+    assert sorted(p.name for p in (disk / "out").iterdir() if "step-" in p.name) == ["step-00000002"]
+
+    moved = tmp_path / "moved"  # the intact checkpoint, resumed where there is room
+    shutil.copytree(disk / "out" / "step-00000002", moved / "step-00000002")
+    assert train(train_args(data, moved, *extra, "--resume", "auto"), processes).returncode == 0
+    assert losses(moved) == {step: loss for step, loss in losses(reference).items() if step > 2}
+
+
+@needs_root
+def test_a_read_only_out_dir_is_refused_before_anything_is_loaded(data, tmp_path, mount):
+    disk = mount(64 * 2**20)
+    extra = ["--max_steps", "2", "--save_interval", "2", "--eval_interval", "100"]
+    assert train(train_args(data, disk / "out", *extra)).returncode == 0
+    subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+    result = train(train_args(data, disk / "out", "--max_steps", "4", "--save_interval", "2", "--eval_interval", "100"))
+    assert_refused(result, f"--out_dir {disk / 'out'} cannot be written", "Read-only file system")
+    assert "Resumed" not in result.stdout and "Model" not in result.stdout
