@@ -99,7 +99,10 @@ class RunConfig:
         spike_sigma: how many standard deviations above the window's mean make a spike.
         log_interval: optimizer steps between console/metrics lines.
         eval_interval: optimizer steps between validations.
-        eval_iters: micro-batches per rank in a validation (per validation set).
+        eval_blocks: sequences of each validation set scored at each validation: the first eval_blocks
+            of the set's order (or all of a smaller set), split across ranks, so that val_loss means the
+            same on any number of devices and any micro-batch size. The default is TinyLlama's 100
+            micro-batches of 8 on each of 16 GPUs.
         eval_tasks: benchmarks of the Language Model Evaluation Harness (pip install -e '.[eval]') to run
             during training, e.g. [hellaswag, piqa]; ranked-choice accuracy (acc, acc_norm) is logged as
             eval/<task>/<metric>. Needs tokenizer_path.
@@ -165,7 +168,7 @@ class RunConfig:
     spike_sigma: float = 6.0
     log_interval: int = 10
     eval_interval: int = 1000
-    eval_iters: int = 100
+    eval_blocks: int = 12_800
     eval_tasks: list[str] | None = None
     eval_tasks_interval: int = 5000
     eval_tasks_limit: int | None = 500
@@ -283,6 +286,7 @@ class RunConfig:
                 rank=rank,
                 world_size=world_size,
                 epochs=1,
+                positions=self.eval_blocks,
             )
             for source in self.validation_sets()
         }

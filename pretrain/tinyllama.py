@@ -220,7 +220,7 @@ def train(
         validation = bool(evaluations.val_loaders) and (state["step"] % run.eval_interval == 0 or done)
         tasks = evaluations.benchmarks is not None and (state["step"] % run.eval_tasks_interval == 0 or done)
         if validation or tasks:
-            metrics = evaluations.run(fabric, state["model"], run.eval_iters, validation, tasks, state["step"])
+            metrics = evaluations.run(fabric, state["model"], validation, tasks, state["step"])
             for logger in loggers:
                 logger.log({"tokens": plan.tokens_before(state["step"])} | metrics, state["step"])
             throughput.start(state["step"], plan.tokens_before(state["step"]))  # evaluation is not training time
@@ -328,12 +328,12 @@ class Evaluations:
     benchmarks: Callable[[torch.nn.Module], dict[str, float]] | None
 
     def run(
-        self, fabric: L.Fabric, model: torch.nn.Module, eval_iters: int, validation: bool, tasks: bool, step: int
+        self, fabric: L.Fabric, model: torch.nn.Module, validation: bool, tasks: bool, step: int
     ) -> dict[str, float]:
         """Validation losses (per set and their weighted mean ``val_loss``) and/or benchmark scores."""
         metrics: dict[str, float] = {}
         if validation:
-            losses = {name: validate(fabric, model, loader, eval_iters) for name, loader in self.val_loaders.items()}
+            losses = {name: validate(fabric, model, loader) for name, loader in self.val_loaders.items()}
             total = sum(self.weights.values())
             val_loss = sum(self.weights[name] * loss for name, loss in losses.items()) / total
             metrics |= {"val_loss": val_loss, "val_ppl": math.exp(val_loss)}
@@ -373,15 +373,16 @@ def task_evaluator(run: RunConfig, config: Config) -> Callable[[torch.nn.Module]
 
 
 @torch.no_grad()
-def validate(fabric: L.Fabric, model: torch.nn.Module, loader: BlockLoader, eval_iters: int) -> float:
-    """Mean loss over the first ``eval_iters`` validation micro-batches per rank: the same every time.
+def validate(fabric: L.Fabric, model: torch.nn.Module, loader: BlockLoader) -> float:
+    """Mean loss per token over the loader's blocks (the first ``--eval_blocks`` of the validation set,
+    split across ranks): the same blocks every time, and the same on any number of ranks.
 
     A rank with fewer validation blocks than its share runs padding batches with weight zero, since
     every rank must take part in each sharded forward pass.
     """
     model.eval()
     loader.reset()
-    batches = [batch for _, batch in zip(range(eval_iters), loader, strict=False)]
+    batches = list(loader)
     block_tokens = batches[0].shape[1] if batches else loader.dataset.block_tokens
     rounds = int(fabric.all_reduce(torch.tensor(len(batches), device=fabric.device), reduce_op="max").item())
     total = torch.zeros(2, device=fabric.device, dtype=torch.float64)  # summed loss x tokens, tokens

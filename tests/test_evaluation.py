@@ -218,7 +218,7 @@ def test_bad_evaluation_input_is_one_clear_message(model_dirs, data, tmp_path):
 
 
 def test_each_validation_set_gets_its_loss_and_the_weighted_mean(data, tmp_path):
-    common = ["--max_steps", "2", "--eval_interval", "2", "--eval_iters", "100"]
+    common = ["--max_steps", "2", "--eval_interval", "2", "--eval_blocks", "1000"]
     both = f"[{{name: a, path: {data / 'a'}}}, {{name: b, path: {data / 'b'}, weight: 3}}]"
     run_script(
         [sys.executable], "pretrain/tinyllama.py", *train_args(data, tmp_path / "both", *common, "--val_data", both)

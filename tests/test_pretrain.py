@@ -56,7 +56,7 @@ def test_any_number_of_processes_trains_on_the_same_data_and_resumes_on_another(
     written by 2 processes resumes on 1 and on 4 with the losses of the uninterrupted run."""
 
     def args(out: Path, devices: int, *extra: str) -> list[str]:  # the whole validation set, whatever the world
-        return train_args(data, out, "--max_steps", "6", "--devices", str(devices), "--eval_iters", "100", *extra)
+        return train_args(data, out, "--max_steps", "6", "--devices", str(devices), "--eval_blocks", "1000", *extra)
 
     run(args(tmp_path / "one", 1))
     one = metrics(tmp_path / "one", "train_loss")
@@ -463,3 +463,21 @@ def test_memory_knobs_change_no_loss(data, tmp_path):
     assert_same_losses(
         metrics(tmp_path / "plain", "train_loss"), metrics(tmp_path / "knobs", "train_loss"), [1, 2, 3], "knobs"
     )
+
+
+def test_validation_scores_the_same_blocks_on_any_number_of_processes(data, tmp_path):
+    """--eval_blocks fixes the validation set: with the weights held still (learning rate 0), val_loss is
+    the same for 1, 2 and 3 processes and micro-batches of 4 or 2 (10 blocks: no split divides it)."""
+    frozen = ["--learning_rate", "0", "--min_lr", "0", "--max_steps", "2", "--eval_interval", "2"]
+    common = [*frozen, "--eval_blocks", "10", "--global_batch_size", "12"]
+    val_losses = {}
+    for processes, micro in ((1, 4), (2, 2), (3, 2)):
+        out = tmp_path / f"{processes}x{micro}"
+        launcher = torchrun(processes) if processes > 1 else None
+        args = [*common, "--devices", str(processes), "--micro_batch_size", str(micro)]
+        run(train_args(data, out, *args), launcher=launcher)
+        val_losses[processes, micro] = float(metrics(out, "val_loss")[2])
+    reference = val_losses[1, 4]
+    assert all(abs(loss - reference) <= 1e-6 for loss in val_losses.values()), val_losses
+    run(train_args(data, tmp_path / "whole", *frozen, "--eval_blocks", "64", "--global_batch_size", "12"))
+    assert abs(float(metrics(tmp_path / "whole", "val_loss")[2]) - reference) > 1e-4  # 10 blocks are not all 64

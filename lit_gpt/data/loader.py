@@ -275,7 +275,8 @@ class MixedBlockDataset(IterableDataset):
 
     ``global_batch_size`` is the sequences per optimizer step, a number or a function of the step (stages);
     default: one micro-batch per rank. ``epochs`` ends the stream at the first position whose source has
-    been read that many times (for evaluation); the last micro-batches may then be shorter or missing.
+    been read that many times (for evaluation), and ``positions`` after that many positions (a fixed
+    validation set); the last micro-batches may then be shorter or missing.
     """
 
     def __init__(
@@ -288,8 +289,10 @@ class MixedBlockDataset(IterableDataset):
         rank: int = 0,
         world_size: int = 1,
         epochs: int | None = None,
+        positions: int | None = None,
     ) -> None:
         self.sources, self.micro_batch_size = sources, micro_batch_size
+        self.positions = positions
         self.batch_schedule = global_batch_size or world_size * micro_batch_size
         self.rank, self.world_size, self.epochs = rank, world_size, epochs
         self.block_tokens = sources[0].block_tokens
@@ -321,6 +324,8 @@ class MixedBlockDataset(IterableDataset):
             limits = np.array([self.epochs * source.num_blocks for source in self.sources])
             exhausted = np.flatnonzero(numbers >= limits[drawn])
             end = int(exhausted[0]) if exhausted.size else end
+        if self.positions is not None:
+            end = min(end, max(self.positions - position, 0))
         return drawn, numbers, end
 
     def state_at(self, step: int, position: int, progress: Callable[[int], None] | None = None) -> dict:
@@ -437,6 +442,7 @@ def create_loader(
     window: int = 8,
     epochs: int | None = None,
     vocab_size: int | None = None,
+    positions: int | None = None,
 ) -> BlockLoader:
     """A loader over data sources: directories, (directory, weight) pairs, or ShardedBlocks (for a name
     prefix); ``weights`` overrides the pairs' weights (a list, or a function for ramped mixtures)."""
@@ -454,5 +460,7 @@ def create_loader(
         )
         for source in sources
     ]
-    dataset = MixedBlockDataset(blocks, weights, micro_batch_size, global_batch_size, seed, rank, world_size, epochs)
+    dataset = MixedBlockDataset(
+        blocks, weights, micro_batch_size, global_batch_size, seed, rank, world_size, epochs, positions
+    )
     return BlockLoader(dataset, num_workers)
