@@ -303,7 +303,9 @@ class RunConfig:
             )
         digest = file_sha256(tokenizer.path)
         for source in sources:
-            if source.tokenizer_digests - {digest}:
-                raise InvalidInput(
-                    f"The index of {source.directory} records shards made with another tokenizer than {tokenizer.path}"
-                )
+            for index_file, recorded in source.tokenizer_digests.items():
+                if recorded != digest:
+                    raise InvalidInput(
+                        f"{source.directory / index_file} records shards made with another tokenizer (sha256 "
+                        f"{recorded[:12]}) than {tokenizer.path} (sha256 {digest[:12]})"
+                    )

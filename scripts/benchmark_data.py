@@ -11,7 +11,8 @@
 (f) preparation's per-file time with 100,000 shards already in the output directory against an empty
     one: target ratio <= 1.2;
 (g) preparation's memory with 2 workers and a writer slowed to 0.3 s per file: target flat (growth
-    within the bound of two tokenized files per worker).
+    within the bound of two tokenized files per worker);
+(h) the loader with its shard content checks (checksum, largest id) against without: target >= 0.95.
 
 The corpus is the sample corpus's SlimPajama text, repeated into files of about 4 MB until it holds
 ``--megabytes`` of text.
@@ -36,10 +37,10 @@ from tqdm import tqdm
 from lit_gpt import Tokenizer
 from lit_gpt.cli import run
 from lit_gpt.data.corpora import Skips, read_slimpajama, slimpajama_files
-from lit_gpt.data.index import INDEX_SUFFIX, Index, ShardTable
+from lit_gpt.data.index import INDEX_SUFFIX, Index, ShardTable, index_directory
 from lit_gpt.data.loader import create_loader
 from lit_gpt.data.prepare import RESULTS_PER_WORKER, prepare_corpus
-from lit_gpt.data.shards import DTYPE_CODES, HEADER, MAGIC, VERSION, ShardWriter, read_header
+from lit_gpt.data.shards import DTYPE_CODES, HEADER, MAGIC, VERSION, ShardWriter, read_header, write_shard
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -136,6 +137,45 @@ def benchmark_data(
         startup(workdir / "startup", shards_per_source)
         preparation_overhead(workdir / "overhead", tokenizer_path, existing_shards)
         preparation_memory(sorted(source.glob("train/chunk1/*.jsonl.zst")), tokenizer_path, workdir / "memory")
+        shard_checks(workdir / "checks")
+
+
+class NoChecks:
+    """The loader as it was before shard content checks: for the baseline of (h)."""
+
+    def ahead(self, shards: list[int]) -> None:
+        pass
+
+    def check(self, shard: int) -> None:
+        pass
+
+
+def shard_checks(directory: Path, shards: int = 48, epochs: int = 4, rounds: int = 3) -> None:
+    """(h): the loader over 48 shards of 1M tokens for 4 epochs (every shard opened, and so checked, once
+    an epoch), with the checksum and vocabulary checks against without them, rounds interleaved."""
+    directory.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(shards):
+        write_shard(directory / f"train_x_0_{i:010d}.bin", rng.integers(0, 32000, 2049 * 512, dtype=np.uint16))
+    index_directory(directory)
+
+    def rate(checked: bool) -> float:
+        loader = create_loader([directory], block_size=2048, micro_batch_size=8, vocab_size=32000)
+        if not checked:
+            loader.dataset.sources[0].checks = NoChecks()
+        batches, tokens, start = iter(loader), 0, time.perf_counter()
+        for _ in range(epochs * shards * 512 // 8):
+            tokens += next(batches).numel()
+        return tokens / (time.perf_counter() - start)
+
+    ratios = []
+    for _ in range(rounds):
+        unchecked, checked = rate(False), rate(True)
+        ratios.append(checked / unchecked)
+    print(
+        f"(h) loader with shard checks:       {checked / 1e6:8.2f} M tokens/s = {np.median(ratios):.2f} x without "
+        f"(median of {rounds} rounds: {', '.join(f'{r:.2f}' for r in ratios)}; target >= 0.95)"
+    )
 
 
 def sparse_shards(directory: Path, prefix: str, count: int, chunk_size: int = 2049 * 1024) -> list[str]:
@@ -173,7 +213,9 @@ def startup(root: Path, shards_per_source: list[int]) -> None:
     for source, count in zip(("slimpajama", "starcoder"), shards_per_source, strict=True):
         directory = root / source
         names = sparse_shards(directory, f"train_{source}_0", count)
-        table = ShardTable(names, np.full(count, 2049 * 1024), ["uint16"] * count, np.full(count, 31999))
+        table = ShardTable(
+            names, np.full(count, 2049 * 1024), ["uint16"] * count, np.full(count, 31999), np.zeros(count)
+        )
         Index(table).write(directory / f"train_{source}_0{INDEX_SUFFIX}")  # as preparation writes it
         directories.append(str(directory))
 

@@ -17,7 +17,7 @@ from lit_gpt.data.index import index_directory
 def index_shards(
     directory: Path, prefix: str = "", tokenizer_path: Path | None = None, num_workers: int | None = None
 ) -> None:
-    """Read every shard once (token count, dtype, largest token id) and write DIRECTORY/index.json.
+    """Read every shard once (token count, dtype, largest token id, checksum) and write DIRECTORY/index.json.
 
     Args:
         directory: the dataset directory.

@@ -170,12 +170,65 @@ def test_missing_data_directory_is_a_clear_startup_error(data, tmp_path):
     assert_refused(result)
 
 
+def other_tokenizers_index(directory: Path, name: str) -> None:
+    """An index file in ``directory`` that lists its shards as made by another tokenizer."""
+    index = json.loads((directory / "index.json").read_text())
+    (directory / name).write_text(json.dumps(index | {"tokenizer_sha256": "f" * 64}))
+
+
 def test_shards_of_another_tokenizer_are_refused(data, tmp_path):
-    index_directory(data / "a", tokenizer_path=REPO_ROOT / "README.md")  # any other file stands for another tokenizer
+    other_tokenizers_index(data / "a", "index.json")
     result = run(train_args(data, tmp_path / "out", "--max_steps", "2"), check=False)
-    assert result.returncode != 0
-    assert_refused(result)
-    assert f"The index of {data / 'a'} records shards made with another tokenizer" in result.stderr
+    assert_refused(
+        result, f"{data / 'a' / 'index.json'} records shards made with another tokenizer (sha256 ffffffffffff)"
+    )
+
+
+@pytest.mark.parametrize("tokenizer", ["given", "not given"])
+def test_index_files_of_two_tokenizers_in_one_directory_are_refused(data, tmp_path, tokenizer):
+    other_tokenizers_index(data / "a", "train_a_1.index.json")
+    extra = ["--tokenizer_path", "null"] if tokenizer == "not given" else []
+    result = run(train_args(data, tmp_path / "out", "--max_steps", "2", *extra), check=False)
+    assert_refused(result, "index files of two tokenizers", "index.json", "train_a_1.index.json")
+
+
+def damage(directory: Path, case: str) -> Path:
+    """One shard of ``directory`` spoiled as ``case`` says; returns it."""
+    shard = directory / "train_a_0_0000000001.bin"
+    size = shard.stat().st_size
+    rng = np.random.default_rng(5)
+    if case == "truncated":
+        os.truncate(shard, size - 100)
+    elif case == "bad header":
+        shard.write_bytes(b"NOTPKDS" + shard.read_bytes()[7:])
+    elif case == "resized after indexing":
+        write_shard(shard, rng.integers(0, 4096, 33 * 10, dtype=np.uint16))
+    elif case == "replaced, same size":
+        write_shard(shard, rng.integers(0, 4096, 33 * 64, dtype=np.uint16))
+    elif case == "replaced, same size, outside the vocabulary":
+        write_shard(shard, rng.integers(4096, 5000, 33 * 64, dtype=np.uint16))
+    elif case == "unindexed, outside the vocabulary":
+        (directory / "index.json").unlink()
+        write_shard(shard, rng.integers(4096, 5000, 33 * 64, dtype=np.uint16))
+    return shard
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "truncated",
+        "bad header",
+        "resized after indexing",
+        "replaced, same size",
+        "replaced, same size, outside the vocabulary",
+        "unindexed, outside the vocabulary",
+    ],
+)
+def test_a_bad_shard_read_by_dataloader_workers_is_one_line_naming_it(data, tmp_path, case):
+    shard = damage(data / "a", case)
+    result = run(train_args(data, tmp_path / "out", "--max_steps", "8", "--num_workers", "2"), check=False)
+    assert_refused(result, str(shard))
+    assert "DataLoader worker" not in result.stderr
 
 
 def test_startup_checks():

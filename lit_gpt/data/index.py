@@ -1,12 +1,17 @@
-"""The dataset index: every shard's name, token count, dtype and largest token id, read once at start-up.
+"""The dataset index: every shard's name, token count, dtype, largest token id and checksum, read once at
+start-up.
 
 Without an index a loader must open every shard to learn its length: 400,000 opens per rank, repeated at
 every start, on a shared filesystem with every rank starting at once. With one it reads a few files.
 
 An index file is JSON laid out by column, so that 300,000 shards parse in a fraction of a second::
 
-    {"version": 1, "tokenizer_sha256": "..." or null,
-     "names": [...], "tokens": [...], "dtypes": ["uint16", ...], "max_ids": [...]}
+    {"version": 2, "tokenizer_sha256": "..." or null,
+     "names": [...], "tokens": [...], "dtypes": ["uint16", ...], "max_ids": [...], "crc32": [...]}
+
+``crc32`` is the CRC-32 of each shard's token bytes (``lit_gpt.data.shards.checksum``), computed while
+the shard is written; the loader verifies it when it first opens the shard. Version 1 indexes (before
+checksums) are read with the checksums unknown.
 
 Preparation writes ``{split}_{source}_{machine}.index.json`` for the shards its job wrote (several
 machines fill one directory without sharing a file); ``scripts/index_shards.py`` writes ``index.json``
@@ -30,10 +35,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from lit_gpt.data.shards import read_header, read_shard
+from lit_gpt.data.shards import checksum, read_header, read_shard
 from lit_gpt.errors import InvalidInput, MissingInput
+from lit_gpt.tokenizer import Tokenizer
 
-INDEX_VERSION = 1
+INDEX_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 INDEX_NAME = "index.json"
 INDEX_SUFFIX = ".index.json"
 
@@ -44,16 +51,18 @@ def is_index_file(name: str) -> bool:
 
 @dataclass
 class ShardTable:
-    """Shards by column. ``max_ids`` is -1 where the largest id is unknown (a shard read by header only)."""
+    """Shards by column. ``max_ids`` is -1 where the largest id is unknown (a shard read by header only),
+    ``checksums`` -1 where the checksum is (an index from before checksums, or no index)."""
 
     names: list[str]
     tokens: np.ndarray
     dtypes: list[str]
     max_ids: np.ndarray
+    checksums: np.ndarray
 
     @classmethod
     def empty(cls) -> ShardTable:
-        return cls([], np.zeros(0, dtype=np.int64), [], np.zeros(0, dtype=np.int64))
+        return cls([], np.zeros(0, dtype=np.int64), [], np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
 
     @classmethod
     def concatenate(cls, tables: Sequence[ShardTable]) -> ShardTable:
@@ -62,12 +71,17 @@ class ShardTable:
             np.concatenate([table.tokens for table in tables] or [np.zeros(0, np.int64)]).astype(np.int64),
             [dtype for table in tables for dtype in table.dtypes],
             np.concatenate([table.max_ids for table in tables] or [np.zeros(0, np.int64)]).astype(np.int64),
+            np.concatenate([table.checksums for table in tables] or [np.zeros(0, np.int64)]).astype(np.int64),
         )
 
     def take(self, order: Sequence[int] | np.ndarray) -> ShardTable:
         order = np.asarray(order, dtype=np.int64)
         return ShardTable(
-            [self.names[i] for i in order], self.tokens[order], [self.dtypes[i] for i in order], self.max_ids[order]
+            [self.names[i] for i in order],
+            self.tokens[order],
+            [self.dtypes[i] for i in order],
+            self.max_ids[order],
+            self.checksums[order],
         )
 
     def __len__(self) -> int:
@@ -90,6 +104,7 @@ class Index:
             "tokens": self.shards.tokens.tolist(),
             "dtypes": self.shards.dtypes,
             "max_ids": self.shards.max_ids.tolist(),
+            "crc32": self.shards.checksums.tolist(),
         }
         tmp = path.with_name(f".{path.name}.tmp")
         with open(tmp, "w") as f:
@@ -102,15 +117,22 @@ class Index:
     def read(cls, path: Path) -> Index:
         try:
             content = json.loads(path.read_text())
-            if content.get("version") != INDEX_VERSION:
+            if content.get("version") not in READABLE_VERSIONS:
                 raise InvalidInput(f"unsupported index version {content.get('version')!r} (expected {INDEX_VERSION})")
             names, tokens, dtypes, max_ids = (content[k] for k in ("names", "tokens", "dtypes", "max_ids"))
-            if not len(names) == len(tokens) == len(dtypes) == len(max_ids):
+            checksums = content["crc32"] if content["version"] >= 2 else [-1] * len(names)
+            if not len(names) == len(tokens) == len(dtypes) == len(max_ids) == len(checksums):
                 raise InvalidInput("its columns differ in length")
         except (ValueError, KeyError, TypeError) as error:
             message = f"{path}: not a usable shard index ({error}); rebuild it with scripts/index_shards.py"
             raise InvalidInput(message) from None
-        table = ShardTable(names, np.array(tokens, dtype=np.int64), dtypes, np.array(max_ids, dtype=np.int64))
+        table = ShardTable(
+            names,
+            np.array(tokens, dtype=np.int64),
+            dtypes,
+            np.array(max_ids, dtype=np.int64),
+            np.array(checksums, dtype=np.int64),
+        )
         return cls(table, content.get("tokenizer_sha256"))
 
 
@@ -125,10 +147,10 @@ def shard_names(names: Iterable[str], prefix: str = "") -> list[str]:
     return sorted([n for n in shards if n.startswith(prefix)] if prefix else shards)
 
 
-def scan_shard(path: Path) -> tuple[int, str, int]:
-    """(token count, dtype, largest token id) of one shard, reading all of it."""
+def scan_shard(path: Path) -> tuple[int, str, int, int]:
+    """(token count, dtype, largest token id, checksum) of one shard, reading all of it."""
     tokens = read_shard(path)
-    return len(tokens), str(tokens.dtype), int(tokens.max()) if len(tokens) else -1
+    return len(tokens), str(tokens.dtype), int(tokens.max()) if len(tokens) else -1, checksum(tokens)
 
 
 def index_directory(
@@ -144,11 +166,12 @@ def index_directory(
         stats = list(tqdm(scanned, total=len(paths), unit="shard", desc=f"indexing {directory}"))
     table = ShardTable(
         names,
-        np.array([count for count, _, _ in stats], dtype=np.int64),
-        [dtype for _, dtype, _ in stats],
-        np.array([largest for _, _, largest in stats], dtype=np.int64),
+        np.array([stat[0] for stat in stats], dtype=np.int64),
+        [stat[1] for stat in stats],
+        np.array([stat[2] for stat in stats], dtype=np.int64),
+        np.array([stat[3] for stat in stats], dtype=np.int64),
     )
-    index = Index(table, file_sha256(tokenizer_path) if tokenizer_path else None)
+    index = Index(table, file_sha256(Tokenizer(tokenizer_path).path) if tokenizer_path else None)
     path = directory / INDEX_NAME
     index.write(path)
     return path, index
@@ -162,14 +185,19 @@ def header_table(directory: Path, names: Sequence[str]) -> ShardTable:
         np.array([count for _, count in headers], dtype=np.int64),
         [str(dtype) for dtype, _ in headers],
         np.full(len(names), -1, dtype=np.int64),
+        np.full(len(names), -1, dtype=np.int64),
     )
 
 
-def read_directory_index(directory: Path, index_files: Iterable[str], prefix: str = "") -> tuple[ShardTable, set]:
+def read_directory_index(
+    directory: Path, index_files: Iterable[str], prefix: str = ""
+) -> tuple[ShardTable, dict[str, str]]:
     """The union of a directory's index files restricted to names starting with ``prefix``, and the
-    tokenizer digests they record. A shard listed twice must be listed the same way."""
-    tables, tokenizers = [], set()
-    for name in sorted(index_files):
+    tokenizer digest each of them records (by file name), which must be one tokenizer's. A shard listed
+    twice must be listed with the same size; ``index.json`` (an explicit re-index) comes first, so its
+    checksums are the ones verified."""
+    tables, tokenizers = [], {}
+    for name in sorted(index_files, key=lambda name: (name != INDEX_NAME, name)):
         index = Index.read(directory / name)
         shards = index.shards
         if prefix:
@@ -177,7 +205,14 @@ def read_directory_index(directory: Path, index_files: Iterable[str], prefix: st
         if len(shards):
             tables.append(shards)
             if index.tokenizer_sha256 is not None:
-                tokenizers.add(index.tokenizer_sha256)
+                tokenizers[name] = index.tokenizer_sha256
+    if len(set(tokenizers.values())) > 1:
+        first, digest = next(iter(tokenizers.items()))
+        other = next(name for name, recorded in tokenizers.items() if recorded != digest)
+        raise InvalidInput(
+            f"{directory}: index files of two tokenizers, {first} (sha256 {digest[:12]}) and {other} (sha256 "
+            f"{tokenizers[other][:12]}); a dataset directory holds shards of one tokenizer"
+        )
     table = tables[0] if len(tables) == 1 else ShardTable.concatenate(tables)
     if len(set(table.names)) == len(table.names):
         return table, tokenizers

@@ -35,6 +35,7 @@ from lit_gpt.data.index import (
     read_directory_index,
     shard_names,
 )
+from lit_gpt.data.integrity import ShardChecks
 from lit_gpt.data.shards import read_shard
 from lit_gpt.errors import InvalidInput, MissingInput, UserError
 
@@ -50,9 +51,10 @@ class ShardedBlocks:
     -- and their shuffled order in each epoch.
 
     Start-up reads one directory listing and the directory's index files; a shard is opened when a
-    block is first read from it. Shards missing from the index are read by header (with a warning).
-    With ``vocab_size``, a shard holding a larger token id is refused (from the index at start-up, or
-    when an unindexed shard is opened).
+    block is first read from it, and its checksum (where the index has one) verified then: a bad copy,
+    a replaced file or bit rot is refused, naming the shard. Shards missing from the index are read by
+    header (with a warning). With ``vocab_size``, a shard whose indexed largest id is too large is refused
+    at start-up, and every block is checked as it is read, whatever the index says.
     """
 
     def __init__(
@@ -70,6 +72,7 @@ class ShardedBlocks:
             raise MissingInput(f"Dataset directory {self.directory} does not exist")
         table = self._read_table()
         self.names, self.counts, self.max_ids = table.names, table.tokens, table.max_ids
+        self.checks = ShardChecks(self.directory, self.names, table.checksums, vocab_size)
         self.dtype = np.dtype(table.dtypes[0])
         if len(set(table.dtypes)) > 1 or self.dtype.kind not in "iu":
             odd = next((i for i, dtype in enumerate(table.dtypes) if dtype != table.dtypes[0]), 0)
@@ -155,13 +158,7 @@ class ShardedBlocks:
                 f"{self.dtype}; the shard changed after it was indexed (python scripts/index_shards.py "
                 f"--directory {self.directory})"
             )
-        if self.vocab_size is not None and self.max_ids[shard] < 0 and len(tokens):
-            largest = int(tokens.max())
-            if largest >= self.vocab_size:
-                raise InvalidInput(
-                    f"{path}: token id {largest} is outside the model's vocabulary of {self.vocab_size}; "
-                    "were these shards made with another tokenizer?"
-                )
+        self.checks.check(shard)
         return tokens
 
     def _compute_epoch_layout(self, epoch: int) -> tuple[np.ndarray, list[int]]:
@@ -171,12 +168,18 @@ class ShardedBlocks:
         return order, [0, *np.cumsum(window_blocks).tolist()]
 
     def _compute_window(self, epoch: int, window: int) -> tuple[list[int], list[int], list[int]]:
-        """The shards of one window, their cumulative block counts, and the window's block permutation."""
-        order, _ = self._epoch_layout(epoch)
-        shards = order[window * self.window : (window + 1) * self.window]
+        """The shards of one window, their cumulative block counts, and the window's block permutation.
+        The content checks of its shards and of the next window's start in the background."""
+        shards = self._window_shards(epoch, window)
         cumulative = [0, *np.cumsum(self.blocks_per_shard[shards]).tolist()]
         permutation = np.random.default_rng([self.seed, epoch, window]).permutation(cumulative[-1])
-        return shards.tolist(), cumulative, permutation.tolist()
+        following = (epoch, window + 1) if (window + 1) * self.window < len(self.names) else (epoch + 1, 0)
+        self.checks.ahead(shards + self._window_shards(*following))
+        return shards, cumulative, permutation.tolist()
+
+    def _window_shards(self, epoch: int, window: int) -> list[int]:
+        order, _ = self._epoch_layout(epoch)
+        return order[window * self.window : (window + 1) * self.window].tolist()
 
     def locate(self, k: int) -> tuple[int, int]:
         """(shard index, block index inside the shard) of the source's k-th block, over endless epochs."""

@@ -192,6 +192,7 @@ class Manifest:
             np.array([shard["tokens"] for shard in shards], dtype=np.int64),
             [shard["dtype"] for shard in shards],
             np.array([shard["max_id"] for shard in shards], dtype=np.int64),
+            np.array([shard.get("crc32", -1) for shard in shards], dtype=np.int64),  # logs from before checksums
         )
         Index(table, tokenizer_sha256).write(self.index_path)
         self.log_path.unlink(missing_ok=True)
