@@ -37,7 +37,13 @@ from lit_gpt.tokenizer import Tokenizer
 
 CHECKPOINT_PATTERN = re.compile(r"^step-(\d{8})$")
 DATA_FINGERPRINT = "data_fingerprint.json"  # the training shards' names and sizes, per source
-RUN_FILES = ("metrics.csv", "tensorboard", "wandb")  # what a run writes into out_dir besides checkpoints
+RUN_FILES = (
+    "metrics.csv",
+    "tensorboard",
+    "wandb",
+    "wandb_run_id",
+    "restarts.json",
+)  # what a run writes into out_dir besides checkpoints
 
 
 def checkpoint_name(step: int) -> str:

@@ -2,7 +2,7 @@
 errors a person can read.
 
 A :class:`lit_gpt.errors.UserError` becomes one line on stderr (printed by rank 0 only, when launched by
-torchrun or Fabric) and exit status 2; anything else keeps its traceback, since it is a bug. Warnings
+torchrun, srun or Fabric) and exit status 2; anything else keeps its traceback, since it is a bug. Warnings
 (a shard tail that fills no block, shards without an index) are one ``warning:`` line each.
 """
 
@@ -32,9 +32,17 @@ def run(component: Callable[..., Any], then: Callable[[Any], Any] | None = None)
         else:
             CLI(component, as_positional=False)
     except UserError as error:
-        if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0:
+        if global_rank() == 0:
             print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+
+
+def global_rank() -> int:
+    """This process's rank as torchrun, srun or Fabric's own launcher set it (0 when alone)."""
+    for variable in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if variable in os.environ:
+            return int(os.environ[variable])
+    return 0
 
 
 def parse_dataclass(cls: type[Settings], args: Sequence[str] | None = None) -> Settings:

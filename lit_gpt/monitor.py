@@ -12,6 +12,7 @@ import importlib.util
 import math
 import os
 import time
+import uuid
 import warnings
 from pathlib import Path
 from typing import Any, Protocol
@@ -152,13 +153,19 @@ class CSVLogger:
 
 
 class WandbLogger:
-    """Weights & Biases; offline (files under out_dir/wandb) unless WANDB_API_KEY is set."""
+    """Weights & Biases; offline (files under out_dir/wandb) unless WANDB_API_KEY is set. The run id is
+    kept in ``out_dir/wandb_run_id``, so that every job of a run resumed 50 times logs into one wandb run."""
 
     def __init__(self, out_dir: Path, run_config: dict[str, Any]) -> None:
         import wandb
 
         mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
-        self.run = wandb.init(project="tinyllama", dir=str(out_dir), config=run_config, mode=mode)
+        id_file = out_dir / "wandb_run_id"
+        run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:12]
+        id_file.write_text(run_id + "\n")
+        self.run = wandb.init(
+            project="tinyllama", dir=str(out_dir), config=run_config, mode=mode, id=run_id, resume="allow"
+        )
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
         self.run.log(numeric(metrics), step=step)
@@ -168,12 +175,13 @@ class WandbLogger:
 
 
 class TensorBoardLogger:
-    """TensorBoard event files under out_dir/tensorboard."""
+    """TensorBoard event files under out_dir/tensorboard. On resume, the events of steps after the
+    checkpoint (logged before a crash, and about to be logged again) are purged, so each step shows once."""
 
-    def __init__(self, out_dir: Path) -> None:
+    def __init__(self, out_dir: Path, resume_step: int) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(log_dir=str(out_dir / "tensorboard"))
+        self.writer = SummaryWriter(log_dir=str(out_dir / "tensorboard"), purge_step=resume_step + 1)
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
         for name, value in numeric(metrics).items():
@@ -198,5 +206,5 @@ def create_loggers(out_dir: Path, logger: str, resume_step: int, run_config: dic
     if logger == "wandb":
         loggers.append(WandbLogger(out_dir, run_config))
     elif logger == "tensorboard":
-        loggers.append(TensorBoardLogger(out_dir))
+        loggers.append(TensorBoardLogger(out_dir, resume_step))
     return loggers

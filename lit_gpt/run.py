@@ -133,6 +133,13 @@ class RunConfig:
         num_workers: DataLoader worker processes per rank for the training data.
         seed: seeds the initialisation and the data order.
         max_nonfinite_steps: abort after this many consecutive steps with a non-finite loss.
+        max_restarts_without_progress: refuse to start after this many restarts in a row (by torchrun
+            --max-restarts or a SLURM requeue) from the same checkpoint, each of which failed before
+            writing a newer one: the failure repeats, so restarting again only burns the allocation.
+        startup_timeout: seconds a collective may wait during start-up and the first step (loading the
+            index and the checkpoint from a busy filesystem, compiling), before the job stops.
+        collective_timeout: seconds a collective may wait after the first step; a rank that stops or
+            hangs makes the others exit with status 3 after this long, naming the step.
     """
 
     model_name: str = "tiny_LLaMA_1b"
@@ -188,6 +195,9 @@ class RunConfig:
     num_workers: int = 2
     seed: int = 42
     max_nonfinite_steps: int = 10
+    max_restarts_without_progress: int = 3
+    startup_timeout: float = 600.0
+    collective_timeout: float = 300.0
 
     @classmethod
     def from_recipe(cls, path: Path, *overrides: str) -> RunConfig:

@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from pathlib import Path
 
 import lightning as L
@@ -30,6 +33,7 @@ from lit_gpt import GPT, Config, Tokenizer, kernels
 from lit_gpt.checkpoint import (
     CheckpointWriter,
     check_writable,
+    checkpoint_name,
     complete_checkpoints,
     load_model_weights,
     load_training_state,
@@ -41,16 +45,28 @@ from lit_gpt.data.loader import BlockLoader
 from lit_gpt.errors import InvalidInput
 from lit_gpt.model import check_state_dict
 from lit_gpt.monitor import MetricLogger, Throughput, create_loggers, format_eta
+from lit_gpt.preemption import StopRequest, exit_status, requeue, slurm_job
 from lit_gpt.run import RunConfig
 from lit_gpt.schedule import StagePlan
 from lit_gpt.spikes import SpikeGuard
+from lit_gpt.watchdog import (
+    TIMEOUT_STATUS,
+    count_start,
+    is_collective_timeout,
+    relaunched,
+    reset_restarts,
+    set_collective_timeout,
+)
 
 
 def setup(run: RunConfig) -> None:
     """Start Fabric (launching the processes unless torchrun or SLURM did) and run ``main`` on each."""
     run = replace(run, precision=run.resolved_precision(), devices=devices_per_node(run.devices))
+    check_launch(run)
     check_writable(run.out_dir)
-    strategy = ModelParallelStrategy(parallelize_fn=lambda model, mesh: parallelize(model, mesh, run))
+    strategy = ModelParallelStrategy(
+        parallelize_fn=lambda model, mesh: parallelize(model, mesh, run), timeout=timedelta(seconds=run.startup_timeout)
+    )
     # bf16-mixed is done by FSDP2's mixed-precision policy (bf16 all-gathers), so Fabric keeps fp32.
     precision = "32-true" if run.precision == "bf16-mixed" else run.precision
     fabric = L.Fabric(devices=run.devices, num_nodes=run.num_nodes, strategy=strategy, precision=precision)
@@ -66,6 +82,25 @@ def devices_per_node(devices: int | str) -> int | str:
     if devices not in ("auto", int(launched)):
         raise InvalidInput(f"--devices {devices}, but torchrun started {launched} processes per node; make them agree")
     return int(launched)
+
+
+def check_launch(run: RunConfig) -> None:
+    """The nodes that torchrun or srun started agree with ``--num_nodes`` (and, under srun, the tasks per
+    node with ``--devices``), refused before any process group is formed."""
+    if "LOCAL_WORLD_SIZE" in os.environ and "WORLD_SIZE" in os.environ:
+        launched = int(os.environ["WORLD_SIZE"]) // int(os.environ["LOCAL_WORLD_SIZE"])
+        launcher = "torchrun"
+    elif "SLURM_NTASKS" in os.environ and "SLURM_STEP_ID" in os.environ:  # inside srun
+        launched, launcher = int(os.environ.get("SLURM_STEP_NUM_NODES", os.environ.get("SLURM_NNODES", "1"))), "srun"
+        tasks = int(os.environ["SLURM_NTASKS"]) // launched
+        if run.devices not in ("auto", tasks):
+            raise InvalidInput(f"--devices {run.devices}, but srun started {tasks} tasks per node; make them agree")
+    else:
+        return
+    if launched != run.num_nodes:
+        raise InvalidInput(
+            f"--num_nodes {run.num_nodes}, but {launcher} started processes on {launched} node(s); make them agree"
+        )
 
 
 def parallelize(model: GPT, mesh: DeviceMesh, run: RunConfig) -> GPT:
@@ -84,9 +119,19 @@ def parallelize(model: GPT, mesh: DeviceMesh, run: RunConfig) -> GPT:
     return fully_shard(model, **kwargs)
 
 
+def say(fabric: L.Fabric, message: str) -> None:
+    """One voice per job: the console line of global rank 0 (``fabric.print`` speaks once per node)."""
+    if fabric.global_rank == 0:
+        print(message, flush=True)
+
+
 def main(fabric: L.Fabric, run: RunConfig) -> None:
+    stop = StopRequest()
+    stop.install()  # from here on a signal stops the run at the next step boundary, with a checkpoint
     config = run.model()
     world, rank = fabric.world_size, fabric.global_rank
+    if rank != 0:
+        warnings.simplefilter("ignore")  # every rank sees the same data and settings: rank 0 warns for all
     plan = run.stage_plan(config, world)
     train_loader = run.training_loader(config, plan, rank, world)
     val_loaders = run.validation_loaders(config, rank, world)
@@ -99,17 +144,28 @@ def main(fabric: L.Fabric, run: RunConfig) -> None:
     names = [source.name for source in run.train_data]
     fingerprint = {name: blocks.fingerprint() for name, blocks in zip(names, train_loader.dataset.sources, strict=True)}
     resume_from = claim_out_dir(fabric, run)
+    refusal = None
+    if rank == 0:
+        try:
+            count_start(run.out_dir, resume_from, run.max_restarts_without_progress, relaunched())
+        except InvalidInput as error:
+            refusal = str(error)
+    refusal = fabric.broadcast(refusal)
+    if refusal is not None:
+        raise InvalidInput(refusal)
     if rank == 0:
         run.out_dir.mkdir(parents=True, exist_ok=True)
-        fabric.print(f"Model {config.name}: {config.to_dict()}")
+        say(fabric, f"Model {config.name}: {config.to_dict()}")
         compute_dtype = torch.float32 if run.precision == "32-true" else torch.bfloat16
-        fabric.print(
+        say(
+            fabric,
             f"Kernels: {kernels.describe(fabric.device, compute_dtype, run.compile, run.z_loss > 0)}; "
-            f"precision {run.precision}"
+            f"precision {run.precision}",
         )
-        fabric.print(
+        say(
+            fabric,
             f"Data: {dict(zip(names, plan.weights(0), strict=True))}; {plan.max_steps:,} steps, "
-            f"{plan.max_tokens:,} tokens over {len(plan.stages)} stage(s)"
+            f"{plan.max_tokens:,} tokens over {len(plan.stages)} stage(s)",
         )
 
     fabric.seed_everything(run.seed)
@@ -139,16 +195,17 @@ def main(fabric: L.Fabric, run: RunConfig) -> None:
     }
     if resume_from is not None:
         for change in load_training_state(fabric, resume_from, state, fingerprint, run.allow_data_change):
-            fabric.print(f"{change}; resuming anyway (--allow_data_change true)")
+            say(fabric, f"{change}; resuming anyway (--allow_data_change true)")
         train_loader.load_state_dict(state["data"])
         guard.load_state_dict(state["spike_guard"])
         step = state["step"]
-        fabric.print(f"Resumed from {resume_from} at step {step:,} ({plan.tokens_before(step):,} tokens)")
+        say(fabric, f"Resumed from {resume_from} at step {step:,} ({plan.tokens_before(step):,} tokens)")
         if step >= plan.max_steps:
-            fabric.print(
+            say(
+                fabric,
                 f"The run in {run.out_dir} is finished: step {step:,} of {plan.max_steps:,}. To train further, "
                 "raise --max_steps or --max_tokens (or add a stage) and resume; the learning-rate schedule then "
-                "follows the new length."
+                "follows the new length.",
             )
             return
 
@@ -163,15 +220,37 @@ def main(fabric: L.Fabric, run: RunConfig) -> None:
         run.keep_checkpoints,
         background=run.async_checkpoint,
     )
-    if run.save_initial and state["step"] == 0:
+    if run.save_initial and resume_from is None:  # not again when resuming from that checkpoint
         save(fabric, writer, state, train_loader, guard)
     evaluations = Evaluations(val_loaders, {s.name: s.weight for s in run.validation_sets()}, benchmarks)
-    train(fabric, run, config, plan, state, train_loader, evaluations, loggers, writer, guard)
+    try:
+        stopped = train(fabric, run, config, plan, state, train_loader, evaluations, loggers, writer, guard, stop)
+    except RuntimeError as error:
+        if not is_collective_timeout(error):
+            raise
+        print(
+            f"rank {rank}: step {state['step'] + 1:,}: a collective operation timed out (--collective_timeout "
+            f"{run.collective_timeout:g} s): another rank stopped or hangs; stopping",
+            file=sys.stderr,
+            flush=True,
+        )
+        os._exit(TIMEOUT_STATUS)  # a clean exit would wait for the hung rank in the process group's teardown
     finished = writer.finish()
     if finished is not None:
-        fabric.print(f"Saved {finished} (written in {writer.write_seconds:.2f} s)")
+        say(fabric, f"Saved {finished} (written in {writer.write_seconds:.2f} s)")
     for logger in loggers:
         logger.close()
+    if rank == 0:
+        reset_restarts(run.out_dir)
+    if stopped is not None:
+        line = (
+            f"Stopped at step {state['step']:,} on {stopped.name}: saved {run.out_dir / checkpoint_name(state['step'])}"
+        )
+        job = slurm_job()
+        if stopped == signal.SIGUSR1 and job is not None and rank == 0:
+            line += f"; {requeue(job)}"
+        say(fabric, f"{line}; the same command resumes from there (--resume auto)")
+        raise SystemExit(exit_status(stopped))
 
 
 def train(
@@ -185,7 +264,10 @@ def train(
     loggers: list[MetricLogger],
     writer: CheckpointWriter,
     guard: SpikeGuard,
-) -> None:
+    stop: StopRequest,
+) -> signal.Signals | None:
+    """Train to the end of the plan, or to the step after which the ranks agree that a signal came;
+    returns that signal (None at the end), the step's checkpoint written."""
     batches = iter(train_loader)
     schedule = run.learning_rates()
     throughput = Throughput(config, fabric.world_size, fabric.device)
@@ -197,23 +279,32 @@ def train(
         accumulation = plan.global_batch_size(step) // (fabric.world_size * run.micro_batch_size)
         if step > 0 and plan.stage_index(step) != plan.stage_index(step - 1):
             guard.reset()  # a new batch size or mixture moves the loss: measure it afresh
-        measured = train_step(fabric, state, batches, accumulation, lr, run.grad_clip, run.z_loss, guard)
+        measured = train_step(fabric, state, batches, accumulation, lr, run.grad_clip, run.z_loss, guard, stop.flag)
+        if step == first_step:
+            set_collective_timeout(run.collective_timeout)  # start-up and the first step are over
         loss, grad_norm = measured["loss"], measured["grad_norm"]
         if math.isfinite(loss) and math.isfinite(grad_norm):
             nonfinite_in_a_row = 0
             if measured["spike"] is not None:
                 state["spike_steps"] += 1
-                fabric.print(f"Step {step + 1}: {measured['spike']}; update skipped (loss spike)")
+                say(fabric, f"Step {step + 1}: {measured['spike']}; update skipped (loss spike)")
         else:
             state["skipped_steps"] += 1
             nonfinite_in_a_row += 1
-            fabric.print(f"Step {step + 1}: non-finite loss {loss} or gradient norm {grad_norm}; step skipped")
+            say(fabric, f"Step {step + 1}: non-finite loss {loss} or gradient norm {grad_norm}; step skipped")
             if nonfinite_in_a_row >= run.max_nonfinite_steps:
                 raise InvalidInput(
                     f"{nonfinite_in_a_row} steps in a row had a non-finite loss or gradient norm (last at step "
                     f"{step + 1}); lower the learning rate or resume from an earlier checkpoint"
                 )
         state["step"] += 1
+        stopping = measured.pop("stop")
+        if stopping:
+            received = stop.received.value if stop.received is not None else 0  # which signal, for every rank
+            signum = int(fabric.all_reduce(torch.tensor(received, device=fabric.device), reduce_op="max").item())
+            report(fabric, plan, state, throughput, loggers, lr=lr, **measured)
+            save(fabric, writer, state, train_loader, guard)
+            return signal.Signals(signum)
         done = state["step"] == plan.max_steps
         if state["step"] % run.log_interval == 0 or done:
             report(fabric, plan, state, throughput, loggers, lr=lr, **measured)
@@ -230,9 +321,10 @@ def train(
         else:
             finished = writer.poll()
             if finished is not None:
-                fabric.print(f"Saved {finished} (written in {writer.write_seconds:.2f} s)")
+                say(fabric, f"Saved {finished} (written in {writer.write_seconds:.2f} s)")
     elapsed = time.perf_counter() - started
-    fabric.print(f"Trained steps {first_step + 1:,}-{state['step']:,} in {elapsed:.2f} s (loop time, with saving)")
+    say(fabric, f"Trained steps {first_step + 1:,}-{state['step']:,} in {elapsed:.2f} s (loop time, with saving)")
+    return None
 
 
 def save(fabric: L.Fabric, writer: CheckpointWriter, state: dict, train_loader: BlockLoader, guard: SpikeGuard) -> None:
@@ -242,13 +334,15 @@ def save(fabric: L.Fabric, writer: CheckpointWriter, state: dict, train_loader: 
     started = time.perf_counter()
     finished = writer.finish()  # at most one write in flight
     if finished is not None:
-        fabric.print(f"Saved {finished} (written in {writer.write_seconds:.2f} s)")
+        say(fabric, f"Saved {finished} (written in {writer.write_seconds:.2f} s)")
     path = writer.save(state)
+    if fabric.global_rank == 0:
+        reset_restarts(writer.out_dir)
     paused = time.perf_counter() - started
     if writer.background:
-        fabric.print(f"Saving {path} in the background (training paused {paused:.2f} s)")
+        say(fabric, f"Saving {path} in the background (training paused {paused:.2f} s)")
     else:
-        fabric.print(f"Saved {path} (training paused {paused:.2f} s)")
+        say(fabric, f"Saved {path} (training paused {paused:.2f} s)")
 
 
 def train_step(
@@ -260,28 +354,31 @@ def train_step(
     grad_clip: float,
     z_loss: float,
     guard: SpikeGuard,
+    stop_flag: float = 0.0,
 ) -> dict:
     """One optimizer step over ``accumulation`` micro-batches per rank. The update is applied only when
     the loss and the gradient norm are finite and ``guard`` finds no spike. Returns the loss, the z-loss
-    term, the gradient norm (averaged and global) and the guard's verdict."""
+    term, the gradient norm (averaged and global), the guard's verdict, and whether any rank's
+    ``stop_flag`` was set (carried by the loss's all-reduce: no collective of its own)."""
     model, optimizer = state["model"], state["optimizer"]
     for group in optimizer.param_groups:
         group["lr"] = lr
-    sums = torch.zeros(2, device=fabric.device)  # loss, z term
+    sums = torch.zeros(3, device=fabric.device)  # loss, z term, stop flag
     for micro_step in range(accumulation):
         batch = next(batches).to(fabric.device, non_blocking=True)
         with fabric.no_backward_sync(model, enabled=micro_step < accumulation - 1):
             terms = model(batch[:, :-1], targets=batch[:, 1:], z_loss=z_loss)
             fabric.backward(terms.loss / accumulation)
-        sums += torch.stack([terms.loss.detach(), terms.z_term])
-    loss, z_term = fabric.all_reduce(sums / accumulation, reduce_op="mean").tolist()
+        sums[:2] += torch.stack([terms.loss.detach(), terms.z_term])
+    sums[2] = stop_flag * accumulation
+    loss, z_term, stops = fabric.all_reduce(sums / accumulation, reduce_op="mean").tolist()
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip, foreach=True)
     grad_norm = (grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm).item()
     spike = guard.check(loss=loss, grad_norm=grad_norm)
     if math.isfinite(loss) and math.isfinite(grad_norm) and spike is None:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    measured = {"loss": loss, "grad_norm": grad_norm, "spike": spike}
+    measured = {"loss": loss, "grad_norm": grad_norm, "spike": spike, "stop": stops > 0}
     return measured | ({"z_loss": z_loss * z_term} if z_loss else {})
 
 
@@ -309,11 +406,12 @@ def report(
         **speed,
     )
     mfu = f"{speed['mfu']:.1%}" if speed["mfu"] is not None else "n/a"
-    fabric.print(
+    say(
+        fabric,
         f"step {step:>7,}/{plan.max_steps:,} | loss {measured['loss']:.4f} | lr {measured['lr']:.3e} | "
         f"grad {measured['grad_norm']:.3f} | {tokens:,} tok | {speed['tokens_per_s']:,.0f} tok/s "
         f"({speed['tokens_per_s_per_device']:,.0f}/device) | MFU {mfu} | "
-        f"{speed['step_time_s'] * 1000:.0f} ms/step | ETA {format_eta(speed['eta_s'])}"
+        f"{speed['step_time_s'] * 1000:.0f} ms/step | ETA {format_eta(speed['eta_s'])}",
     )
     for logger in loggers:
         logger.log(metrics, step)
@@ -342,13 +440,11 @@ class Evaluations:
                 for name, loss in losses.items():
                     metrics |= {f"val/{name}/loss": loss, f"val/{name}/ppl": math.exp(loss)}
                 each = "".join(f" | {name} {loss:.4f}" for name, loss in losses.items())
-            fabric.print(
-                f"step {step:>7,} | validation loss {val_loss:.4f} | perplexity {math.exp(val_loss):.2f}{each}"
-            )
+            say(fabric, f"step {step:>7,} | validation loss {val_loss:.4f} | perplexity {math.exp(val_loss):.2f}{each}")
         if tasks:
             scores = self.benchmarks(model)
             metrics |= scores
-            fabric.print(f"step {step:>7,} | " + " | ".join(f"{name} {value:.4f}" for name, value in scores.items()))
+            say(fabric, f"step {step:>7,} | " + " | ".join(f"{name} {value:.4f}" for name, value in scores.items()))
         return metrics
 
 
@@ -413,7 +509,7 @@ def claim_out_dir(fabric: L.Fabric, run: RunConfig) -> Path | None:
     fabric.barrier()
     if fabric.global_rank == 0:
         removed = remove_run(run.out_dir)
-        fabric.print(f"--overwrite: removed the previous run's {', '.join(removed)} from {run.out_dir}")
+        say(fabric, f"--overwrite: removed the previous run's {', '.join(removed)} from {run.out_dir}")
     fabric.barrier()
     return None
 

@@ -4,6 +4,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import signal
 import struct
 import subprocess
@@ -379,6 +380,30 @@ def test_optional_loggers_write_their_runs(data, tmp_path, monkeypatch, logger):
         runs = list((tmp_path / "out" / "wandb").glob("offline-run-*"))
         assert runs and list(runs[0].glob("*.wandb"))
     assert sorted(metrics(tmp_path / "out", "train_loss")) == [1, 2]  # the CSV is written as well
+
+
+@pytest.mark.parametrize("logger", ["tensorboard", "wandb"])
+def test_dashboards_continue_across_a_resume(data, tmp_path, monkeypatch, logger):
+    """A run that crashed after logging steps past its newest checkpoint, then resumed: one wandb run
+    (the same id), and TensorBoard shows each step once, with the values of the resumed run."""
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    out = tmp_path / "out"
+    common = ["--save_interval", "2", "--eval_interval", "100", "--logger", logger, "--learning_rate", "5e-2"]
+    run(train_args(data, out, "--max_steps", "4", *common))
+    shutil.rmtree(out / "step-00000004")  # as if the crash came after logging step 4, before its checkpoint
+    run(train_args(data, out, "--max_steps", "6", *common))  # resumes at step 2, logs 3-6
+    if logger == "wandb":
+        runs = sorted((out / "wandb").glob("offline-run-*"))
+        assert len(runs) == 2 and len({path.name.rsplit("-", 1)[1] for path in runs}) == 1, runs
+        assert runs[0].name.endswith((out / "wandb_run_id").read_text().strip())
+    else:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        events = EventAccumulator(str(out / "tensorboard")).Reload().Scalars("train_loss")
+        assert [event.step for event in events] == [1, 2, 3, 4, 5, 6]
+        logged = metrics(out, "train_loss")  # the CSV keeps the resumed run's values
+        assert [event.value for event in events] == pytest.approx([float(logged[step]) for step in range(1, 7)])
 
 
 @pytest.mark.slow
