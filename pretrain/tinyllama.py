@@ -363,15 +363,15 @@ def train_step(
     model, optimizer = state["model"], state["optimizer"]
     for group in optimizer.param_groups:
         group["lr"] = lr
-    sums = torch.zeros(3, device=fabric.device)  # loss, z term, stop flag
+    sums = torch.zeros(2, device=fabric.device)  # loss, z term
     for micro_step in range(accumulation):
         batch = next(batches).to(fabric.device, non_blocking=True)
         with fabric.no_backward_sync(model, enabled=micro_step < accumulation - 1):
             terms = model(batch[:, :-1], targets=batch[:, 1:], z_loss=z_loss)
             fabric.backward(terms.loss / accumulation)
-        sums[:2] += torch.stack([terms.loss.detach(), terms.z_term])
-    sums[2] = stop_flag * accumulation
-    loss, z_term, stops = fabric.all_reduce(sums / accumulation, reduce_op="mean").tolist()
+        sums += torch.stack([terms.loss.detach(), terms.z_term])
+    flag = torch.tensor([stop_flag], device=fabric.device)
+    loss, z_term, stops = fabric.all_reduce(torch.cat([sums / accumulation, flag]), reduce_op="mean").tolist()
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip, foreach=True)
     grad_norm = (grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm).item()
     spike = guard.check(loss=loss, grad_norm=grad_norm)

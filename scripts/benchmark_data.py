@@ -213,9 +213,8 @@ def startup(root: Path, shards_per_source: list[int]) -> None:
     for source, count in zip(("slimpajama", "starcoder"), shards_per_source, strict=True):
         directory = root / source
         names = sparse_shards(directory, f"train_{source}_0", count)
-        table = ShardTable(
-            names, np.full(count, 2049 * 1024), ["uint16"] * count, np.full(count, 31999), np.zeros(count)
-        )
+        checksums = np.random.default_rng(0).integers(0, 2**32, count)  # full-width, as real CRC-32s are
+        table = ShardTable(names, np.full(count, 2049 * 1024), ["uint16"] * count, np.full(count, 31999), checksums)
         Index(table).write(directory / f"train_{source}_0{INDEX_SUFFIX}")  # as preparation writes it
         directories.append(str(directory))
 

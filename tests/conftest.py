@@ -1,3 +1,4 @@
+import csv
 import importlib.util
 import socket
 import subprocess
@@ -76,6 +77,31 @@ def assert_refused(result: subprocess.CompletedProcess, *fragments: str) -> None
     assert len(lines) == 1, result.stderr[-3000:]
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
+
+
+def metrics(out_dir: Path, column: str) -> dict[int, str]:
+    """One column of a run's metrics.csv by step, where the step logged it (as written: exact)."""
+    with open(out_dir / "metrics.csv", newline="") as f:
+        return {int(row["step"]): row[column] for row in csv.DictReader(f) if row[column]}
+
+
+def torchrun(processes: int, *extra: str) -> list[str]:
+    """The torchrun launcher for ``processes`` workers on a free port (``extra``: more torchrun options)."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes)]
+    return [*launcher, "--master_port", str(free_port()), *extra]
+
+
+def processes_with(marker: str, launchers: bool = True) -> list[int]:
+    """The process ids of ours whose command line holds ``marker`` (without torchrun's, if not ``launchers``)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            command = (entry / "cmdline").read_bytes() if entry.name.isdigit() else b""
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue  # it ended meanwhile
+        if marker.encode() in command and (launchers or b"torch.distributed.run" not in command):
+            found.append(int(entry.name))
+    return sorted(found)
 
 
 def free_port() -> int:

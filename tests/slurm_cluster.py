@@ -18,7 +18,7 @@ from pathlib import Path
 
 PACKAGES = ("munge", "slurmctld", "slurmd", "slurm-client")
 INSTALL = f"apt-get update && apt-get install -y {' '.join(PACKAGES)}"
-DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "srun", "sinfo", "scontrol")
+DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "srun", "sinfo", "scontrol", "scancel")
 
 
 def program(name: str) -> str | None:
@@ -122,6 +122,9 @@ class SlurmCluster:
         log = open(self.root / "log" / f"{name}.out", "w")  # noqa: SIM115 (closed with the process)
         self.processes.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=self.environment()))
 
+    def _daemons_up(self) -> bool:
+        return all(process.poll() is None for process in self.processes)
+
     def _nodes_idle(self) -> bool:
         result = subprocess.run(
             ["sinfo", "-h", "-o", "%t %D"], capture_output=True, text=True, env=self.environment(), timeout=30
@@ -141,7 +144,10 @@ class SlurmCluster:
         raise RuntimeError(f"the test SLURM cluster did not come up ({what}): {logs}")
 
     def stop(self) -> None:
-        """End the daemons this cluster started, by process id, newest first."""
+        """Cancel what is still queued or running on this cluster (a test that failed half-way), then end
+        the daemons it started, by process id, newest first."""
+        if self.processes and self._daemons_up():
+            subprocess.run([program("scancel"), "--full", "--user", "root"], env=self.environment(), timeout=60)
         for process in reversed(self.processes):
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)

@@ -12,7 +12,7 @@ import torch
 
 from lit_gpt.migrations import FORMAT_VERSION, MIGRATIONS, format_version, migrate
 
-from conftest import REPO_ROOT, assert_refused
+from conftest import REPO_ROOT, assert_refused, metrics
 
 FIXTURES = REPO_ROOT / "tests" / "fixtures" / "checkpoints"
 sys.path.insert(0, str(FIXTURES))
@@ -28,10 +28,7 @@ def resume(checkpoint: Path, out_dir: Path) -> subprocess.CompletedProcess:
 
 
 def logged_losses(out_dir: Path) -> dict[int, float]:
-    lines = (out_dir / "metrics.csv").read_text().splitlines()
-    header = lines[0].split(",")
-    rows = [dict(zip(header, line.split(","), strict=False)) for line in lines[1:]]
-    return {int(row["step"]): float(row["train_loss"]) for row in rows if row.get("train_loss")}
+    return {step: float(loss) for step, loss in metrics(out_dir, "train_loss").items()}
 
 
 def test_a_fixture_exists_for_every_format_since_the_first():

@@ -9,31 +9,19 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT, assert_refused, free_port, train_args
+from conftest import REPO_ROOT, assert_refused, metrics, torchrun, train_args
 
 SCRIPT = REPO_ROOT / "pretrain" / "tinyllama.py"
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root (CI runs as root)")
 
 
 def train(args: list[str], processes: int = 1) -> subprocess.CompletedProcess:
-    launcher = [sys.executable]
-    if processes > 1:
-        launcher += [
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            str(processes),
-            "--master_port",
-            str(free_port()),
-        ]
+    launcher = torchrun(processes) if processes > 1 else [sys.executable]
     return subprocess.run([*launcher, str(SCRIPT), *args], capture_output=True, text=True, timeout=600)
 
 
 def losses(out_dir: Path) -> dict[int, str]:
-    lines = (out_dir / "metrics.csv").read_text().splitlines()
-    header = lines[0].split(",")
-    rows = [dict(zip(header, line.split(","), strict=False)) for line in lines[1:]]
-    return {int(row["step"]): row["train_loss"] for row in rows if row.get("train_loss")}
+    return metrics(out_dir, "train_loss")
 
 
 def directory_bytes(path: Path) -> int:

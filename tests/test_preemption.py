@@ -1,7 +1,6 @@
 """The life of a run around its jobs, for real: signals (Ctrl-C, torchrun's SIGTERM, SLURM's SIGUSR1 to
 one rank), a rank that stops, a restart loop, and launches that disagree with the settings."""
 
-import csv
 import os
 import signal
 import subprocess
@@ -9,15 +8,24 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import REPO_ROOT, free_port, train_args
+import pytest
+
+from conftest import REPO_ROOT, metrics, processes_with, torchrun, train_args
 
 SCRIPT = REPO_ROOT / "pretrain" / "tinyllama.py"
 LONG = ["--max_steps", "300", "--eval_interval", "1000", "--save_interval", "1000"]
 
 
-def torchrun(processes: int, *extra: str) -> list[str]:
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes)]
-    return [*launcher, "--master_port", str(free_port()), *extra]
+@pytest.fixture(autouse=True)
+def no_process_left(tmp_path):
+    """Whatever a test started (its command lines name its tmp_path) is killed by process id at the end,
+    also when the test failed half-way or left a rank stopped."""
+    yield
+    for pid in processes_with(str(tmp_path)):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # it ended meanwhile
 
 
 def start(args: list[str], launcher: list[str] | None = None) -> subprocess.Popen:
@@ -26,8 +34,7 @@ def start(args: list[str], launcher: list[str] | None = None) -> subprocess.Pope
 
 
 def losses(out_dir: Path) -> dict[int, str]:
-    with open(out_dir / "metrics.csv", newline="") as f:
-        return {int(row["step"]): row["train_loss"] for row in csv.DictReader(f) if row["train_loss"]}
+    return metrics(out_dir, "train_loss")
 
 
 def wait_for_step(out_dir: Path, step: int, process: subprocess.Popen, timeout: float = 300) -> None:
@@ -44,15 +51,7 @@ def wait_for_step(out_dir: Path, step: int, process: subprocess.Popen, timeout: 
 
 def workers(marker: str) -> list[int]:
     """The training processes (not the launcher) whose command line holds ``marker``, by pid."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            command = (entry / "cmdline").read_bytes()
-        except (FileNotFoundError, ProcessLookupError, PermissionError, NotADirectoryError):
-            continue
-        if entry.name.isdigit() and marker.encode() in command and b"torch.distributed.run" not in command:
-            found.append(int(entry.name))
-    return sorted(found)
+    return processes_with(marker, launchers=False)
 
 
 def stopped_lines(output: str) -> list[str]:
@@ -123,16 +122,11 @@ def test_a_stopped_rank_ends_the_job_within_the_collective_timeout(data, tmp_pat
     out = tmp_path / "out"
     args = train_args(data, out, *LONG, "--devices", "2", "--collective_timeout", "5")
     process = start(args, launcher=torchrun(2))
-    try:
-        wait_for_step(out, 3, process)
-        stopped = workers(str(out))[1]
-        os.kill(stopped, signal.SIGSTOP)
-        started = time.monotonic()
-        _, stderr = process.communicate(timeout=120)
-        elapsed = time.monotonic() - started
-    finally:
-        for pid in workers(str(out)):  # the stopped rank, if the launcher left it
-            os.kill(pid, signal.SIGKILL)
+    wait_for_step(out, 3, process)
+    os.kill(workers(str(out))[1], signal.SIGSTOP)  # no_process_left kills it if the launcher does not
+    started = time.monotonic()
+    _, stderr = process.communicate(timeout=120)
+    elapsed = time.monotonic() - started
     assert process.returncode != 0
     lines = [line for line in stderr.splitlines() if "a collective operation timed out" in line]
     assert lines and lines[0].startswith("rank 0: step "), stderr[-3000:]

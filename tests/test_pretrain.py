@@ -1,6 +1,5 @@
 """The training loop, run for real as a script: distributed equivalence, exact resume, guards."""
 
-import csv
 import json
 import math
 import os
@@ -24,7 +23,16 @@ from lit_gpt.data.shards import write_shard
 from lit_gpt.run import DataSource, RunConfig
 from lit_gpt.schedule import Stage
 
-from conftest import DEMO_TOKENIZER, REPO_ROOT, TINY_OVERRIDES, assert_refused, free_port, train_args
+from conftest import (
+    DEMO_TOKENIZER,
+    REPO_ROOT,
+    TINY_OVERRIDES,
+    assert_refused,
+    metrics,
+    processes_with,
+    torchrun,
+    train_args,
+)
 
 SCRIPT = REPO_ROOT / "pretrain" / "tinyllama.py"
 
@@ -35,16 +43,6 @@ def run(args: list[str], launcher: list[str] | None = None, check: bool = True) 
     if check and result.returncode != 0:
         raise AssertionError(result.stdout[-3000:] + result.stderr[-5000:])
     return result
-
-
-def metrics(out_dir: Path, column: str) -> dict[int, str]:
-    with open(out_dir / "metrics.csv", newline="") as f:
-        return {int(row["step"]): row[column] for row in csv.DictReader(f) if row[column]}
-
-
-def torchrun(processes: int) -> list[str]:
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes)]
-    return [*launcher, "--master_port", str(free_port())]
 
 
 def assert_same_losses(expected: dict[int, str], actual: dict[int, str], steps: list[int], what: str) -> None:
@@ -122,11 +120,10 @@ def test_resume_after_kill_9_mid_checkpoint_is_bitwise_exact(data, tmp_path, mod
 
 def kill_9(marker: str) -> None:
     """SIGKILL every process of ours whose command line holds ``marker``."""
-    for entry in Path("/proc").iterdir():
+    for pid in processes_with(marker):
         try:
-            if entry.name.isdigit() and marker.encode() in (entry / "cmdline").read_bytes():
-                os.kill(int(entry.name), signal.SIGKILL)
-        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
             pass  # it ended meanwhile
 
 

@@ -2,7 +2,6 @@
 packages (.ci/run), so these tests run there; elsewhere they are skipped with the command that installs
 them."""
 
-import csv
 import json
 import subprocess
 import sys
@@ -11,7 +10,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from conftest import DEMO_TOKENIZER, REPO_ROOT, free_port, train_args
+from conftest import DEMO_TOKENIZER, REPO_ROOT, free_port, metrics, train_args
 from slurm_cluster import INSTALL, SlurmCluster, missing
 
 pytestmark = pytest.mark.skipif(bool(missing()), reason=f"needs SLURM and munge: {INSTALL} (as root)")
@@ -27,8 +26,7 @@ def cluster(tmp_path_factory):
 
 
 def losses(out_dir: Path) -> dict[int, float]:
-    with open(out_dir / "metrics.csv", newline="") as f:
-        return {int(row["step"]): float(row["train_loss"]) for row in csv.DictReader(f) if row["train_loss"]}
+    return {step: float(loss) for step, loss in metrics(out_dir, "train_loss").items()}
 
 
 def test_two_nodes_train_like_one_process_and_speak_once(cluster, data, tmp_path):

@@ -19,16 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from lit_gpt.data.shards import checksum, read_shard
+from lit_gpt.data.index import scan_shard
 from lit_gpt.errors import InvalidInput
 
 AHEAD = 32  # shards whose checks may be in flight or waiting to be collected
-
-
-def scan(path: Path) -> tuple[int, int]:
-    """(checksum, largest token id or -1) of one shard's tokens."""
-    tokens = read_shard(path)
-    return checksum(tokens), int(tokens.max()) if len(tokens) else -1
 
 
 class ShardChecks:
@@ -52,12 +46,12 @@ class ShardChecks:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-checks")
         for shard in shards:
             if shard not in self._pending and len(self._pending) < AHEAD:
-                self._pending[shard] = self._pool.submit(scan, self.directory / self.names[shard])
+                self._pending[shard] = self._pool.submit(scan_shard, self.directory / self.names[shard])
 
     def check(self, shard: int) -> None:
         path = self.directory / self.names[shard]
         pending = self._pending.pop(shard, None)
-        actual, largest = pending.result() if pending is not None else scan(path)
+        _, _, largest, actual = pending.result() if pending is not None else scan_shard(path)
         expected = int(self.checksums[shard])
         if expected >= 0 and actual != expected:
             raise InvalidInput(
