@@ -12,6 +12,7 @@ scheduled learning rate), then logging, validation, benchmarks and checkpoints a
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import signal
@@ -40,6 +41,7 @@ from lit_gpt.checkpoint import (
     remove_run,
     resume_checkpoint,
 )
+from lit_gpt.cli import global_rank
 from lit_gpt.cli import run as run_command
 from lit_gpt.data.loader import BlockLoader
 from lit_gpt.errors import InvalidInput
@@ -64,6 +66,9 @@ def setup(run: RunConfig) -> None:
     run = replace(run, precision=run.resolved_precision(), devices=devices_per_node(run.devices))
     check_launch(run)
     check_writable(run.out_dir)
+    if global_rank() != 0:  # every rank sees the same data and settings: rank 0 speaks for all
+        warnings.simplefilter("ignore")
+        logging.getLogger("lightning.fabric").setLevel(logging.WARNING)  # "Initializing distributed", "Seed set"
     strategy = ModelParallelStrategy(
         parallelize_fn=lambda model, mesh: parallelize(model, mesh, run), timeout=timedelta(seconds=run.startup_timeout)
     )
@@ -130,8 +135,6 @@ def main(fabric: L.Fabric, run: RunConfig) -> None:
     stop.install()  # from here on a signal stops the run at the next step boundary, with a checkpoint
     config = run.model()
     world, rank = fabric.world_size, fabric.global_rank
-    if rank != 0:
-        warnings.simplefilter("ignore")  # every rank sees the same data and settings: rank 0 warns for all
     plan = run.stage_plan(config, world)
     train_loader = run.training_loader(config, plan, rank, world)
     val_loaders = run.validation_loaders(config, rank, world)

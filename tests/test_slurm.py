@@ -3,14 +3,16 @@ packages (.ci/run), so these tests run there; elsewhere they are skipped with th
 them."""
 
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import zstandard
 
-from conftest import DEMO_TOKENIZER, REPO_ROOT, free_port, metrics, train_args
+from conftest import DEMO_TOKENIZER, REPO_ROOT, free_port, metrics, torchrun, train_args
 from slurm_cluster import INSTALL, SlurmCluster, missing
 
 pytestmark = pytest.mark.skipif(bool(missing()), reason=f"needs SLURM and munge: {INSTALL} (as root)")
@@ -39,9 +41,18 @@ def test_two_nodes_train_like_one_process_and_speak_once(cluster, data, tmp_path
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert sorted(two) == [1, 2, 3, 4] and all(abs(one[step] - two[step]) <= 1e-5 for step in one)
-    lines = result.stdout.splitlines()
-    for start in ("Model ", "Kernels: ", "Data: ", "step       1/4", "step       2 | validation", "Saved ", "Trained "):
+    lines = (result.stdout + result.stderr).splitlines()
+    starts = (
+        "Initializing distributed",
+        "Model ",
+        "Kernels: ",
+        "Data: ",
+        "step       1/4",
+        "step       2 | validation",
+    )
+    for start in (*starts, "Saved ", "Trained "):
         assert sum(line.startswith(start) for line in lines) == 1, (start, result.stdout[-3000:])
+    assert not any(line.startswith("[rank: 1]") for line in lines), result.stderr[-3000:]
 
 
 def test_a_launch_on_other_nodes_than_the_settings_is_refused(cluster, data, tmp_path):
@@ -100,3 +111,68 @@ def test_preparation_as_an_array_job_writes_what_the_same_jobs_write_locally(clu
     array = {path.name: path.read_bytes() for path in (tmp_path / "array").iterdir()}
     assert any(name.endswith(".bin") for name in local) and any(".index.json" in name for name in local)
     assert sorted(array) == sorted(local) and array == local
+
+
+def job_field(cluster: SlurmCluster, job: str, field: str) -> str:
+    """One field of ``scontrol show job`` (JobState, Restarts, ...)."""
+    shown = subprocess.run(
+        ["scontrol", "show", "job", job], capture_output=True, text=True, env=cluster.environment(), timeout=60
+    ).stdout
+    return next((word.split("=", 1)[1] for word in shown.split() if word.startswith(f"{field}=")), "")
+
+
+def wait_for(cluster: SlurmCluster, job: str, ready, timeout: float, log: Path) -> None:
+    """Poll until ``ready()``; a job that ended otherwise, or a timeout, fails with the job's log."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        state = job_field(cluster, job, "JobState")
+        if time.monotonic() > deadline or state in ("COMPLETED", "FAILED", "TIMEOUT", "CANCELLED", "NODE_FAIL"):
+            raise AssertionError(f"job {job} is {state}: {log.read_text()[-3000:] if log.exists() else ''}")
+        time.sleep(2)
+
+
+def test_a_time_limit_saves_requeues_and_the_chain_trains_like_one_run(cluster, data, tmp_path):
+    """The template under a one-minute limit, USR1 30 s before it: the first job stops after a step with a
+    checkpoint and requeues itself, the requeued job (given time to finish) resumes, and the chain's
+    losses are the uninterrupted run's, bit for bit."""
+    steps = "800"
+    args = train_args(data, tmp_path / "chain", "--max_steps", steps, "--eval_interval", "200")
+    options = dict(zip(args[::2], args[1::2], strict=True))
+    recipe = tmp_path / "recipe.yaml"  # the structured options; the template passes the rest on as words
+    recipe.write_text("".join(f"{key[2:]}: {options.pop(key)}\n" for key in ("--train_data", "--model_config")))
+    environment = cluster.environment() | {
+        "RECIPE": str(recipe),
+        "EXTRA_ARGS": " ".join(f"{key} {value}" for key, value in options.items()),
+        "MASTER_PORT": str(free_port()),
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
+    log = tmp_path / "chain.out"
+    command = ["sbatch", "--parsable", "--nodes", "2", "--ntasks-per-node", "1", "--cpus-per-task", "1"]
+    command += ["--gpus-per-node", "0", "--time", "1", "--signal", "B:USR1@30", "--output", str(log)]
+    submitted = subprocess.run(
+        [*command, str(REPO_ROOT / "scripts" / "slurm" / "pretrain.sbatch")],
+        capture_output=True,
+        text=True,
+        env=environment,
+        cwd=REPO_ROOT,
+        timeout=60,
+    )
+    assert submitted.returncode == 0, submitted.stderr
+    job = submitted.stdout.strip()
+    requeued = lambda: job_field(cluster, job, "Restarts") == "1" and job_field(cluster, job, "JobState") == "PENDING"  # noqa: E731
+    wait_for(cluster, job, requeued, 150, log)
+    # SLURM holds a requeued job for about two minutes: let the second job run to the end (a chain of two
+    # jobs) and train the uninterrupted run meanwhile, with the same two processes.
+    subprocess.run(["scontrol", "update", f"JobId={job}", "TimeLimit=10"], check=True, env=environment, timeout=60)
+    reference = train_args(
+        data, tmp_path / "reference", "--max_steps", steps, "--eval_interval", "200", "--devices", "2"
+    )
+    subprocess.run([*torchrun(2), str(SCRIPT), *reference], check=True, capture_output=True, timeout=600)
+    wait_for(cluster, job, lambda: job_field(cluster, job, "JobState") == "COMPLETED", 400, log)
+    output = log.read_text()
+    stopped = [line for line in output.splitlines() if line.startswith("Stopped at step ")]
+    assert len(stopped) == 1 and "on SIGUSR1" in stopped[0] and f"requeued SLURM job {job}" in stopped[0], output
+    stop_step = int(stopped[0].split()[3].replace(",", ""))
+    assert 0 < stop_step < int(steps)
+    chain, uninterrupted = metrics(tmp_path / "chain", "train_loss"), metrics(tmp_path / "reference", "train_loss")
+    assert sorted(chain) == list(range(1, int(steps) + 1)) and chain == uninterrupted
