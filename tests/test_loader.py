@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+from lit_gpt.data import integrity
 from lit_gpt.data.index import Fingerprint, index_directory
 from lit_gpt.data.loader import ShardedBlocks, create_loader
-from lit_gpt.data.shards import write_shard
+from lit_gpt.data.shards import read_shard, write_shard
 from lit_gpt.errors import InvalidInput
 
 BLOCK_SIZE = 7  # blocks of 8 tokens
@@ -283,6 +284,25 @@ def test_a_stale_index_or_a_changed_shard_is_refused(tmp_path):
     loader = create_loader([tmp_path / "data"], BLOCK_SIZE, 6)
     with pytest.raises(ValueError, match="16 tokens of int32, but the index says 24 .* changed after it was indexed"):
         next(iter(loader))
+
+
+def test_each_shard_is_checked_once_when_first_opened(tmp_path, monkeypatch):
+    """The content check reads a shard once per reader, not at every epoch that reopens it; with the
+    index's checksum a same-size replacement is refused at its first open."""
+    make_dataset(tmp_path / "data", [1] * 19 + [4])  # more shards than the loader keeps open
+    scanned = Counter()
+
+    def counting_read_shard(path):
+        scanned[path.name] += 1
+        return read_shard(path)
+
+    monkeypatch.setattr(integrity, "read_shard", counting_read_shard)
+    loader = create_loader([tmp_path / "data"], BLOCK_SIZE, 23)
+    list(zip(range(3), loader, strict=False))  # three epochs of 23 blocks: every shard reopened
+    assert scanned == {f"train_test_0_{i:010d}.bin": 1 for i in range(20)}
+    write_shard(tmp_path / "data" / "train_test_0_0000000019.bin", np.arange(32, dtype=np.int32)[::-1].copy())
+    with pytest.raises(ValueError, match="train_test_0_0000000019.bin: its content is not what was indexed"):
+        list(zip(range(1), create_loader([tmp_path / "data"], BLOCK_SIZE, 23), strict=False))
 
 
 def test_a_name_prefix_selects_one_source_of_a_shared_directory(tmp_path):

@@ -1,14 +1,16 @@
 """What the loader checks of a shard's content when it first opens it, whatever the index says.
 
-Its checksum against the index's (a bad copy, a replaced file, bit rot) and its largest token id against
-the model's vocabulary (an id outside it would end training with an IndexError that names no file).
-Both need a pass over the whole shard (0.4 ns per token for the CRC on one core), so the pass over the
-shards that the loader is about to open runs ahead in a background thread (``zlib.crc32`` and numpy
-release the GIL) while blocks of the current ones are read; it doubles as read-ahead from a cold disk.
-The loader alone (scripts/benchmark_data.py (h)) then runs at about 0.76x its unchecked speed on 2
-cores: some 380M tokens/s, four orders of magnitude above what a GPU trains on. Each reader (rank,
-DataLoader worker) checks the shards it opens; a node's readers share one page cache, so that is one
-extra read of each shard per node and epoch from a shared filesystem.
+Where the index has the shard's checksum (index version 2), the shard's CRC-32 against it (a bad copy, a
+replaced file, bit rot): a match means the content is the indexed one, whose largest token id was already
+checked against the model's vocabulary at start-up. Without one (a version-1 index, a shard read by its
+header), the largest token id itself, since an id outside the vocabulary would end training with an
+IndexError that names no file. Either is a pass over the whole shard (0.3 ns per token for the CRC on one
+core), so the pass over the shards that the loader is about to open runs ahead in a background thread
+(``zlib.crc32`` and numpy release the GIL) while blocks of the current ones are read; it doubles as
+read-ahead from a cold disk. A shard that passed is not checked again by the same reader (a later epoch
+reopens it): the check is per shard, reader and job. Each reader (rank, DataLoader worker) checks the
+shards it opens; a node's readers share one page cache, so that is one extra read of each shard per node
+and job from a shared filesystem. Cost: scripts/benchmark_data.py (h).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lit_gpt.data.index import scan_shard
+from lit_gpt.data.shards import checksum, read_shard
 from lit_gpt.errors import InvalidInput
 
 AHEAD = 32  # shards whose checks may be in flight or waiting to be collected
@@ -31,6 +33,7 @@ class ShardChecks:
 
     def __init__(self, directory: Path, names: list[str], checksums: np.ndarray, vocab_size: int | None) -> None:
         self.directory, self.names, self.checksums, self.vocab_size = directory, names, checksums, vocab_size
+        self._passed = np.zeros(len(names), dtype=bool)  # checked in this reader: not again
         self._pool: ThreadPoolExecutor | None = None
         self._pending: dict[int, Future] = {}
 
@@ -45,22 +48,32 @@ class ShardChecks:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-checks")
         for shard in shards:
-            if shard not in self._pending and len(self._pending) < AHEAD:
-                self._pending[shard] = self._pool.submit(scan_shard, self.directory / self.names[shard])
+            if not self._passed[shard] and shard not in self._pending and len(self._pending) < AHEAD:
+                self._pending[shard] = self._pool.submit(self._scan, shard)
+
+    def _scan(self, shard: int) -> int:
+        """The shard's CRC-32 where the index has one to compare with, else its largest token id."""
+        tokens = read_shard(self.directory / self.names[shard])
+        if self.checksums[shard] >= 0:
+            return checksum(tokens)
+        return int(tokens.max()) if len(tokens) else -1
 
     def check(self, shard: int) -> None:
+        if self._passed[shard]:
+            return
         path = self.directory / self.names[shard]
         pending = self._pending.pop(shard, None)
-        _, _, largest, actual = pending.result() if pending is not None else scan_shard(path)
+        scanned = pending.result() if pending is not None else self._scan(shard)
         expected = int(self.checksums[shard])
-        if expected >= 0 and actual != expected:
+        if expected >= 0 and scanned != expected:
             raise InvalidInput(
-                f"{path}: its content is not what was indexed (CRC-32 {actual:08x}, the index says {expected:08x}): "
+                f"{path}: its content is not what was indexed (CRC-32 {scanned:08x}, the index says {expected:08x}): "
                 "a bad copy, a replaced file or a damaged disk. Copy the shard again, or if it was replaced on "
                 f"purpose, re-index: python scripts/index_shards.py --directory {self.directory}"
             )
-        if self.vocab_size is not None and largest >= self.vocab_size:
+        if expected < 0 and self.vocab_size is not None and scanned >= self.vocab_size:
             raise InvalidInput(
-                f"{path}: token id {largest} is outside the model's vocabulary of {self.vocab_size}; were these "
+                f"{path}: token id {scanned} is outside the model's vocabulary of {self.vocab_size}; were these "
                 "shards made with another tokenizer?"
             )
+        self._passed[shard] = True

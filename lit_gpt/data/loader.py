@@ -51,10 +51,10 @@ class ShardedBlocks:
     -- and their shuffled order in each epoch.
 
     Start-up reads one directory listing and the directory's index files; a shard is opened when a
-    block is first read from it, and its checksum (where the index has one) verified then: a bad copy,
+    block is first read from it, and its content checked then (lit_gpt/data/integrity.py): a bad copy,
     a replaced file or bit rot is refused, naming the shard. Shards missing from the index are read by
     header (with a warning). With ``vocab_size``, a shard whose indexed largest id is too large is refused
-    at start-up, and every block is checked as it is read, whatever the index says.
+    at start-up, and one without an indexed checksum has its largest id checked when it is opened.
     """
 
     def __init__(
