@@ -18,7 +18,10 @@ class Tokenizer:
         if path.is_dir():
             path = path / "tokenizer.model"
         if not path.is_file():
-            raise MissingInput(f"No SentencePiece tokenizer model at {path}")
+            raise MissingInput(
+                f"No SentencePiece tokenizer model at {path}; Llama 2's is fetched as PRETRAIN.md §2 shows, and "
+                "assets/tokenizer holds the demo's (--tokenizer_path)"
+            )
         self.path = path
         self.processor = spm.SentencePieceProcessor()
         try:

@@ -44,7 +44,7 @@ from lit_gpt.checkpoint import (
 from lit_gpt.cli import global_rank
 from lit_gpt.cli import run as run_command
 from lit_gpt.data.loader import BlockLoader
-from lit_gpt.errors import InvalidInput
+from lit_gpt.errors import InvalidInput, MissingInput
 from lit_gpt.model import check_state_dict
 from lit_gpt.monitor import MetricLogger, Throughput, create_loggers, format_eta
 from lit_gpt.preemption import StopRequest, exit_status, requeue, slurm_job
@@ -65,7 +65,10 @@ def setup(run: RunConfig) -> None:
     """Start Fabric (launching the processes unless torchrun or SLURM did) and run ``main`` on each."""
     run = replace(run, precision=run.resolved_precision(), devices=devices_per_node(run.devices))
     check_launch(run)
+    check_inputs(run)
     check_writable(run.out_dir)
+    if "SLURM_JOB_ID" not in os.environ:  # Lightning's hint to launch with srun means something in a SLURM job only
+        warnings.filterwarnings("ignore", message="The `srun` command is available")
     if global_rank() != 0:  # every rank sees the same data and settings: rank 0 speaks for all
         warnings.simplefilter("ignore")
         logging.getLogger("lightning.fabric").setLevel(logging.WARNING)  # "Initializing distributed", "Seed set"
@@ -87,6 +90,30 @@ def devices_per_node(devices: int | str) -> int | str:
     if devices not in ("auto", int(launched)):
         raise InvalidInput(f"--devices {devices}, but torchrun started {launched} processes per node; make them agree")
     return int(launched)
+
+
+def check_inputs(run: RunConfig) -> None:
+    """The mistakes that need no process group, refused within seconds of the command instead of after
+    the distributed start-up: a missing data folder or tokenizer, a batch that does not split over the
+    processes (the shards themselves are checked by the loaders, on every rank)."""
+    for source in [*run.train_data, *run.validation_sets()]:
+        if not source.path.is_dir():
+            raise MissingInput(
+                f"Dataset directory {source.path} does not exist (data source {source.name}); prepare it (README, Data)"
+            )
+    if run.tokenizer_path is not None:
+        Tokenizer(run.tokenizer_path)
+    run.stage_plan(run.model(), launched_world_size(run))
+
+
+def launched_world_size(run: RunConfig) -> int:
+    """The number of processes this launch will have: torchrun's or srun's, else devices x nodes."""
+    if "WORLD_SIZE" in os.environ:
+        return int(os.environ["WORLD_SIZE"])
+    if "SLURM_NTASKS" in os.environ and "SLURM_STEP_ID" in os.environ:
+        return int(os.environ["SLURM_NTASKS"])
+    per_node = run.devices if isinstance(run.devices, int) else max(torch.cuda.device_count(), 1)
+    return per_node * run.num_nodes
 
 
 def check_launch(run: RunConfig) -> None:

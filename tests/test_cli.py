@@ -56,6 +56,34 @@ def test_training_refusals_are_one_line_from_rank_zero(data, tmp_path):
     assert_refused(result, f"Dataset directory {tmp_path / 'nope'} does not exist")
 
 
+@pytest.mark.parametrize(
+    "mistake, message",
+    [
+        (["--train_data", "[{name: a, path: MISSING}]"], "Dataset directory MISSING does not exist (data source a)"),
+        (["--val_data", "MISSING"], "Dataset directory MISSING does not exist (data source validation)"),
+        (["--tokenizer_path", "MISSING"], "No SentencePiece tokenizer model at MISSING; Llama 2's is fetched as"),
+        (["--global_batch_size", "10"], "global batch size 10 is not a multiple of world size 2 x micro-batch size 2"),
+    ],
+)
+def test_input_mistakes_are_refused_before_the_processes_start(data, tmp_path, mistake, message):
+    """With --devices 2, before Fabric launches the second process or forms a process group."""
+    args = [
+        "--model_name",
+        "tiny_LLaMA_5M",
+        "--tokenizer_path",
+        str(DEMO_TOKENIZER),
+        "--out_dir",
+        str(tmp_path / "out"),
+    ]
+    args += ["--train_data", f"[{{name: a, path: {data / 'a'}}}]", "--val_data", str(data / "val"), "--max_steps", "1"]
+    args += ["--devices", "2", "--global_batch_size", "8", "--micro_batch_size", "2"]
+    missing = str(tmp_path / "nope")
+    result = command("pretrain/tinyllama.py", *args, *[word.replace("MISSING", missing) for word in mistake])
+    assert_refused(result, message.replace("MISSING", missing))
+    assert "Initializing distributed" not in result.stdout + result.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_prepare_refuses_a_chunk_size_that_blocks_do_not_divide(tmp_path):
     (tmp_path / "train" / "chunk1").mkdir(parents=True)
     record = json.dumps({"text": "hello", "meta": {}}).encode()

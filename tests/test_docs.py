@@ -50,6 +50,7 @@ def test_the_readme_data_and_training_commands_run_as_written(tmp_path):
             words += TINY_RUN
         result = subprocess.run(words, capture_output=True, text=True, cwd=tmp_path, env=environment, timeout=900)
         assert result.returncode == 0, (command, result.stdout[-2000:], result.stderr[-3000:])
+        assert "srun` command is available" not in result.stderr  # Lightning's hint, meaningless outside SLURM
         for value in (words[i + 1] for i, word in enumerate(words[:-1]) if word in ("--destination_path", "--out_dir")):
             assert any((tmp_path / value).iterdir()), f"{command} made nothing in {value}"
     for out_dir in ("out/cpu", "out/cpu-2"):  # the recipe's folders and the torchrun example's
