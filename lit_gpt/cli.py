@@ -2,22 +2,24 @@
 errors a person can read.
 
 A :class:`lit_gpt.errors.UserError` becomes one line on stderr (printed by rank 0 only, when launched by
-torchrun, srun or Fabric) and exit status 2; anything else keeps its traceback, since it is a bug. Warnings
+torchrun, srun or Fabric) and exit status 2, Ctrl-C one line and status 130; anything else keeps its
+traceback, since it is a bug. Warnings
 (a shard tail that fills no block, shards without an index) are one ``warning:`` line each.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from jsonargparse import CLI, ActionConfigFile, ArgumentParser
+from jsonargparse import CLI, ActionConfigFile, ArgumentParser, capture_parser
 
-from lit_gpt.errors import UserError
+from lit_gpt.errors import InvalidInput, UserError
 
 Settings = TypeVar("Settings")
 
@@ -28,13 +30,19 @@ def run(component: Callable[..., Any], then: Callable[[Any], Any] | None = None)
     warnings.formatwarning = lambda message, category, *_: f"warning: {message}\n"
     try:
         if dataclasses.is_dataclass(component):
+            check_options(dataclass_parser(component), sys.argv[1:])
             then(parse_dataclass(component))
         else:
+            check_options(capture_parser(lambda: CLI(component, as_positional=False)), sys.argv[1:])
             CLI(component, as_positional=False)
     except UserError as error:
         if global_rank() == 0:
             print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:  # a command with work to keep says where it stands before this
+        if global_rank() == 0:
+            print("Interrupted (Ctrl-C)", file=sys.stderr)
+        sys.exit(130)
 
 
 def global_rank() -> int:
@@ -45,11 +53,30 @@ def global_rank() -> int:
     return 0
 
 
-def parse_dataclass(cls: type[Settings], args: Sequence[str] | None = None) -> Settings:
-    """An instance of ``cls`` from options named after its fields (``--micro_batch_size 4``) and recipe
-    files (``--config recipe.yaml``); ``--help`` shows each field's type, default and docstring."""
+def check_options(parser: ArgumentParser, args: Sequence[str]) -> None:
+    """Refuse an option the command does not have in one line with the closest names, rather than with
+    argparse's whole usage text (nested options such as ``--model_config.n_layer`` count by their first
+    part)."""
+    known = sorted({option.split(".")[0] for option in parser._option_string_actions if option.startswith("--")})
+    for arg in args:
+        name = arg.split("=", 1)[0]
+        if name.startswith("--") and name.split(".")[0] not in known:
+            close = difflib.get_close_matches(name.split(".")[0], known, n=3, cutoff=0.6)
+            hint = f"did you mean {' or '.join(close)}? " if close else ""
+            raise InvalidInput(f"Unknown option {name}; {hint}--help lists every option")
+
+
+def dataclass_parser(cls: type) -> ArgumentParser:
+    """The parser of options named after ``cls``'s fields, and ``--config`` for a recipe file."""
     parser = ArgumentParser(description=(cls.__doc__ or "").split("\n\n")[0])
     parser.add_argument("--config", action=ActionConfigFile, help="a recipe: YAML with any of the options below")
     parser.add_class_arguments(cls, nested_key=None, as_group=False)
+    return parser
+
+
+def parse_dataclass(cls: type[Settings], args: Sequence[str] | None = None) -> Settings:
+    """An instance of ``cls`` from options named after its fields (``--micro_batch_size 4``) and recipe
+    files (``--config recipe.yaml``); ``--help`` shows each field's type, default and docstring."""
+    parser = dataclass_parser(cls)
     parsed = parser.instantiate(parser.parse_args(args))
     return cls(**{field.name: getattr(parsed, field.name) for field in dataclasses.fields(cls)})

@@ -117,3 +117,17 @@ def test_under_torchrun_only_rank_zero_prints_the_refusal(data, tmp_path):
         [*torchrun, str(free_port()), script, *args, "--devices", "4"], capture_output=True, text=True
     )
     assert "error: --devices 4, but torchrun started 2 processes per node" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "script, typo, suggestion",
+    [
+        ("pretrain/tinyllama.py", "--micro_batchsize", "did you mean --micro_batch_size"),
+        ("scripts/show_batch.py", "--chars_show", "did you mean --chars_shown"),
+        ("scripts/prepare_slimpajama.py", "--destination", "did you mean --destination_path"),
+    ],
+)
+def test_a_mistyped_option_is_one_line_with_the_closest_names(script, typo, suggestion):
+    result = command(script, typo, "3")
+    assert_refused(result, f"Unknown option {typo}; {suggestion}", "--help lists every option")
+    assert len(result.stderr.splitlines()) == 1 and not result.stdout, result.stderr

@@ -159,11 +159,13 @@ def test_machines_split_the_files_and_write_disjoint_shards(tmp_path):
     assert sorted(together) == sorted(TOKENIZER.encode(text, bos=False) for text in documents)
 
 
-def test_a_killed_run_resumes_and_gives_the_same_shards(tmp_path):
+@pytest.mark.parametrize("stop, workers", [("SIGKILL", "1"), ("Ctrl-C", "2")])
+def test_a_killed_or_interrupted_run_resumes_and_gives_the_same_shards(tmp_path, stop, workers):
+    """kill -9, or Ctrl-C to the whole process group (workers included): one line, status 130."""
     source = tmp_path / "slim"
     slimpajama_corpus(source, files=6)
     reference = tmp_path / "reference"
-    args = ["--source_path", str(source), "--chunk_size", "700", "--block_size", "99", "--num_workers", "1"]
+    args = ["--source_path", str(source), "--chunk_size", "700", "--block_size", "99", "--num_workers", workers]
     run_prepare("prepare_slimpajama.py", *args, "--destination_path", str(reference))
 
     # The fourth file (in sorted order) becomes a FIFO: reading it blocks, so the run is caught mid-way.
@@ -173,14 +175,29 @@ def test_a_killed_run_resumes_and_gives_the_same_shards(tmp_path):
     os.mkfifo(blocking)
     out = tmp_path / "out"
     command = [sys.executable, str(REPO_ROOT / "scripts" / "prepare_slimpajama.py"), "--tokenizer_path"]
-    process = subprocess.Popen([*command, str(DEMO_TOKENIZER), *args, "--destination_path", str(out)])
+    process = subprocess.Popen(
+        [*command, str(DEMO_TOKENIZER), *args, "--destination_path", str(out)],
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal's Ctrl-C reaches
+    )
     manifest = out / "train_slimpajama_0.manifest.json"
     deadline = time.monotonic() + 60
     while not (manifest.exists() and json.loads(manifest.read_text())["files_done"] == 3):
         assert time.monotonic() < deadline and process.poll() is None
         time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    if stop == "SIGKILL":
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    else:
+        os.killpg(process.pid, signal.SIGINT)
+        stderr = process.communicate(timeout=60)[1]
+        assert process.returncode == 130 and "Traceback" not in stderr, stderr
+        lines = [line for line in stderr.splitlines() if line.startswith("Interrupted")]
+        assert lines == [
+            f"Interrupted (Ctrl-C): 3 of 6 files are committed in {out / 'train_slimpajama_0.manifest.json'}; the "
+            "same command resumes after them"
+        ], stderr
     assert 0 < len(list(out.glob("*.bin"))) < len(list(reference.glob("*.bin")))
 
     blocking.unlink()

@@ -23,6 +23,7 @@ import math
 import multiprocessing
 import multiprocessing.pool
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -112,6 +113,7 @@ _worker_tokenize: Callable[[Path], FileResult] | None = None
 
 def _init_worker(read: Reader, tokenizer_path: Path, dtype: np.dtype) -> None:
     global _worker_tokenize
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the main process answers it
     _worker_tokenize = partial(_tokenize_file, read=read, tokenizer=Tokenizer(tokenizer_path), dtype=dtype)
 
 
@@ -249,30 +251,43 @@ def prepare_corpus(
     start, documents, tokens = time.perf_counter(), 0, 0
     last_commit = time.monotonic()
 
+    committed_files = progress.files_done
+
     def commit() -> None:
+        nonlocal committed_files
         pending = writer.pending
         progress.next_shard, progress.pending_tokens = writer.next_index, len(pending)
         manifest.commit(progress, pending, writer.written)
         writer.written = []
+        committed_files = progress.files_done
 
-    with _tokenized(remaining, read, tokenizer.path, dtype, num_workers) as results:
-        for path, result in zip(remaining, results, strict=True):
-            writer.add(result.tokens)
-            skips.update(result.skips)
-            if result.error is not None:
-                progress.failed_files.append(result.error)
-                skips.add("unreadable file", str(path))
-            documents += result.documents
-            tokens += len(result.tokens)
-            progress.files_done += 1
-            progress.documents += result.documents
-            progress.tokens += len(result.tokens)
-            if writer.written or time.monotonic() - last_commit >= commit_interval:
-                commit()
-                last_commit = time.monotonic()
-            elapsed = time.perf_counter() - start
-            bar.set_postfix_str(f"{documents / elapsed:,.0f} docs/s, {tokens / elapsed:,.0f} tokens/s")
-            bar.update(path.stat().st_size)
+    try:
+        with _tokenized(remaining, read, tokenizer.path, dtype, num_workers) as results:
+            for path, result in zip(remaining, results, strict=True):
+                writer.add(result.tokens)
+                skips.update(result.skips)
+                if result.error is not None:
+                    progress.failed_files.append(result.error)
+                    skips.add("unreadable file", str(path))
+                documents += result.documents
+                tokens += len(result.tokens)
+                progress.files_done += 1
+                progress.documents += result.documents
+                progress.tokens += len(result.tokens)
+                if writer.written or time.monotonic() - last_commit >= commit_interval:
+                    commit()
+                    last_commit = time.monotonic()
+                elapsed = time.perf_counter() - start
+                bar.set_postfix_str(f"{documents / elapsed:,.0f} docs/s, {tokens / elapsed:,.0f} tokens/s")
+                bar.update(path.stat().st_size)
+    except KeyboardInterrupt:
+        bar.close()
+        print(
+            f"Interrupted (Ctrl-C): {committed_files} of {len(files)} files are committed in {manifest.path}; the "
+            "same command resumes after them",
+            file=sys.stderr,
+        )
+        sys.exit(130)
     bar.close()
     writer.close()
     commit()
