@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from lit_gpt.errors import InvalidInput, MissingInput
 from lit_gpt.generation import generate
+from lit_gpt.hub import hub_errors
 from lit_gpt.tokenizer import Tokenizer
 
 Request = tuple[tuple[str, str], list[int], list[int]]  # (texts, context tokens, continuation tokens)
@@ -187,7 +188,8 @@ class TaskEvaluator:
         block_size: int,
         batch_size: int,
     ) -> None:
-        self.tasks = get_task_dict(names, task_manager(names, include_path))
+        with hub_errors(names):
+            self.tasks = get_task_dict(names, task_manager(names, include_path))
         self.limit, self.tokenizer, self.block_size, self.batch_size = limit, tokenizer, block_size, batch_size
 
     def __call__(self, model: torch.nn.Module) -> dict[str, float]:

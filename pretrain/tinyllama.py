@@ -45,6 +45,7 @@ from lit_gpt.cli import global_rank
 from lit_gpt.cli import run as run_command
 from lit_gpt.data.loader import BlockLoader
 from lit_gpt.errors import InvalidInput, MissingInput
+from lit_gpt.hub import go_offline_without_hub
 from lit_gpt.model import check_state_dict
 from lit_gpt.monitor import MetricLogger, Throughput, create_loggers, format_eta
 from lit_gpt.preemption import StopRequest, exit_status, requeue, slurm_job
@@ -484,6 +485,7 @@ def task_evaluator(run: RunConfig, config: Config) -> Callable[[torch.nn.Module]
         return None
     if run.tokenizer_path is None:
         raise InvalidInput("--eval_tasks needs --tokenizer_path: the benchmarks are text")
+    go_offline_without_hub()
     try:
         from lit_gpt.evaluation import TaskEvaluator
     except ImportError as error:

@@ -21,6 +21,7 @@ import torch
 from lit_gpt.checkpoint import load_model
 from lit_gpt.cli import run
 from lit_gpt.errors import MissingInput
+from lit_gpt.hub import go_offline_without_hub, hub_errors
 
 DTYPES = {"32-true": torch.float32, "bf16-true": torch.bfloat16}
 
@@ -57,6 +58,7 @@ def evaluate(
         output_path: the results JSON; default: eval_<checkpoint name>.json next to the checkpoint.
         seed: seeds few-shot sampling and generation.
     """
+    go_offline_without_hub()
     try:
         import lm_eval
         from lm_eval.utils import make_table
@@ -71,17 +73,18 @@ def evaluate(
     model, tokenizer = load_model(checkpoint_dir, tokenizer_path)
     model = model.to(device=device, dtype=dtype)
     adapter = GPTEvalModel(model, tokenizer, model.config.block_size, batch_size)
-    results = lm_eval.simple_evaluate(
-        model=adapter,
-        tasks=names,
-        num_fewshot=num_fewshot,
-        limit=limit,
-        task_manager=manager,
-        random_seed=seed,
-        numpy_random_seed=seed,
-        torch_random_seed=seed,
-        fewshot_random_seed=seed,
-    )
+    with hub_errors(names):
+        results = lm_eval.simple_evaluate(
+            model=adapter,
+            tasks=names,
+            num_fewshot=num_fewshot,
+            limit=limit,
+            task_manager=manager,
+            random_seed=seed,
+            numpy_random_seed=seed,
+            torch_random_seed=seed,
+            fewshot_random_seed=seed,
+        )
     print(make_table(results))
     compared = [name for name in names if name in PAPER_TASKS]
     if compared:

@@ -6,7 +6,7 @@ import csv
 from pathlib import Path
 
 from lit_gpt.cli import run
-from lit_gpt.errors import InvalidInput
+from lit_gpt.errors import InvalidInput, MissingInput
 
 
 def plot_metrics(metrics_path: Path, output: Path | None = None) -> Path:
@@ -21,6 +21,8 @@ def plot_metrics(metrics_path: Path, output: Path | None = None) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if not metrics_path.is_file():
+        raise MissingInput(f"No metrics file at {metrics_path}: every training run writes out_dir/metrics.csv")
     with open(metrics_path, newline="") as f:
         rows = list(csv.DictReader(f))
     train = [(int(r["tokens"]), float(r["train_loss"])) for r in rows if r["train_loss"]]
@@ -39,7 +41,8 @@ def plot_metrics(metrics_path: Path, output: Path | None = None) -> Path:
     lr_axis.plot(*zip(*lr, strict=True), "--", label="learning rate", color="tab:gray")
     lr_axis.set_ylabel("learning rate")
     handles = loss_axis.get_legend_handles_labels()[0] + lr_axis.get_legend_handles_labels()[0]
-    loss_axis.legend(handles, [h.get_label() for h in handles], loc="upper right")
+    # below the plot, where it hides no curve
+    loss_axis.legend(handles, [h.get_label() for h in handles], loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=3)
     loss_axis.set_title(f"{metrics_path.parent.name}: loss and learning rate")
     figure.tight_layout()
     output = output or metrics_path.with_name("loss.png")

@@ -243,3 +243,21 @@ def test_the_paper_comparison_puts_its_figures_beside_ours():
     )
     assert "| hellaswag | acc_norm | 50.00 | 59.20 | 61.47 |" in table  # Table 3, v1.0 and v1.1
     assert "| boolq | acc | 62.50 | 57.83 | 55.99 |" in table
+
+
+def test_hub_tasks_without_the_hub_are_one_line_at_once(model_dirs, tmp_path):
+    """The hub unreachable (HF_ENDPOINT at a port nobody listens on), nothing cached: one line naming
+    --include_path, after one quick attempt rather than the retries of the hub library."""
+    lit, _, _ = model_dirs
+    environment = os.environ | {"HF_ENDPOINT": f"http://127.0.0.1:{free_port()}", "HF_HOME": str(tmp_path / "hf")}
+    environment = {
+        key: value for key, value in environment.items() if key not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    }
+    command = [sys.executable, str(REPO_ROOT / "scripts" / "evaluate.py"), "--checkpoint_dir", str(lit)]
+    result = subprocess.run(
+        [*command, "--tasks", "[piqa]"], capture_output=True, text=True, env=environment, timeout=600
+    )
+    assert_refused(
+        result, "The data of task(s) piqa come from the Hugging Face hub, which cannot be reached", "--include_path"
+    )
+    assert "Retrying in" not in result.stderr

@@ -1,10 +1,12 @@
 import csv
+import subprocess
+import sys
 
 import pytest
 
 from lit_gpt.monitor import CSV_COLUMNS
 
-from conftest import load_script
+from conftest import REPO_ROOT, assert_refused, load_script
 
 plot_metrics = load_script("scripts/plot_metrics.py").plot_metrics
 
@@ -28,3 +30,12 @@ def test_an_empty_log_is_a_clear_error(tmp_path):
     (tmp_path / "metrics.csv").write_text(",".join(CSV_COLUMNS) + "\n")
     with pytest.raises(ValueError, match="has no training-loss rows"):
         plot_metrics(tmp_path / "metrics.csv")
+
+
+def test_a_missing_log_is_one_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "scripts" / "plot_metrics.py"), "--metrics_path", str(tmp_path / "nope.csv")],
+        capture_output=True,
+        text=True,
+    )
+    assert_refused(result, f"No metrics file at {tmp_path / 'nope.csv'}")
