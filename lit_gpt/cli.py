@@ -12,12 +12,14 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import sys
 import warnings
+from argparse import Action
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from jsonargparse import CLI, ActionConfigFile, ArgumentParser, capture_parser
+from jsonargparse import CLI, ActionConfigFile, ArgumentParser, DefaultHelpFormatter, capture_parser
 
 from lit_gpt.errors import InvalidInput, UserError
 
@@ -33,8 +35,9 @@ def run(component: Callable[..., Any], then: Callable[[Any], Any] | None = None)
             check_options(dataclass_parser(component), sys.argv[1:])
             then(parse_dataclass(component))
         else:
-            check_options(capture_parser(lambda: CLI(component, as_positional=False)), sys.argv[1:])
-            CLI(component, as_positional=False)
+            options = dict(as_positional=False, description=summary(component), formatter_class=ReadableTypes)
+            check_options(capture_parser(lambda: CLI(component, **options)), sys.argv[1:])
+            CLI(component, **options)
     except UserError as error:
         if global_rank() == 0:
             print(f"error: {error}", file=sys.stderr)
@@ -53,6 +56,20 @@ def global_rank() -> int:
     return 0
 
 
+class ReadableTypes(DefaultHelpFormatter):
+    """``--help`` types as written in the code: ``Path``, not ``<class 'Path'>`` (jsonargparse spells
+    classes it does not know that way)."""
+
+    def _get_type_str(self, action: Action) -> str | None:
+        text = super()._get_type_str(action)
+        return re.sub(r"<class '(?:[\w.]+\.)?(\w+)'>", r"\1", text) if text else text
+
+
+def summary(component: Callable[..., Any]) -> str:
+    """The first paragraph of a docstring, as ``--help`` opens (jsonargparse would take its first line)."""
+    return " ".join((component.__doc__ or "").split("\n\n")[0].split())
+
+
 def check_options(parser: ArgumentParser, args: Sequence[str]) -> None:
     """Refuse an option the command does not have in one line with the closest names, rather than with
     argparse's whole usage text (nested options such as ``--model_config.n_layer`` count by their first
@@ -68,7 +85,7 @@ def check_options(parser: ArgumentParser, args: Sequence[str]) -> None:
 
 def dataclass_parser(cls: type) -> ArgumentParser:
     """The parser of options named after ``cls``'s fields, and ``--config`` for a recipe file."""
-    parser = ArgumentParser(description=(cls.__doc__ or "").split("\n\n")[0])
+    parser = ArgumentParser(description=summary(cls), formatter_class=ReadableTypes)
     parser.add_argument("--config", action=ActionConfigFile, help="a recipe: YAML with any of the options below")
     parser.add_class_arguments(cls, nested_key=None, as_group=False)
     return parser

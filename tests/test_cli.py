@@ -131,3 +131,15 @@ def test_a_mistyped_option_is_one_line_with_the_closest_names(script, typo, sugg
     result = command(script, typo, "3")
     assert_refused(result, f"Unknown option {typo}; {suggestion}", "--help lists every option")
     assert len(result.stderr.splitlines()) == 1 and not result.stdout, result.stderr
+
+
+COMMANDS = sorted(str(path.relative_to(REPO_ROOT)) for path in (REPO_ROOT / "scripts").glob("*.py"))
+
+
+@pytest.mark.parametrize("script", ["pretrain/tinyllama.py", *COMMANDS])
+def test_help_opens_with_whole_sentences_and_readable_types(script):
+    result = command(script, "--help")
+    assert result.returncode == 0, result.stderr[-2000:]
+    description = result.stdout.split("\n\n")[1]
+    assert description.rstrip().endswith((".", ")", ":")), description
+    assert "<class" not in result.stdout and "type:" in result.stdout, result.stdout
