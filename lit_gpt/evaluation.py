@@ -15,6 +15,7 @@ Only this module (and what calls it) imports ``lm_eval``.
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,10 @@ from lit_gpt.errors import InvalidInput, MissingInput
 from lit_gpt.generation import generate
 from lit_gpt.hub import hub_errors
 from lit_gpt.tokenizer import Tokenizer
+
+# The harness warns, per metric of a task file that names no aggregation, that it takes the default
+# (mean): eight lines before every table of the paper's tasks, about the task files, with nothing to do.
+logging.getLogger("lm_eval.api.task").addFilter(lambda record: "but aggregation is not" not in record.getMessage())
 
 Request = tuple[tuple[str, str], list[int], list[int]]  # (texts, context tokens, continuation tokens)
 
