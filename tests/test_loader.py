@@ -138,6 +138,7 @@ def test_a_state_taken_between_micro_batches_resumes_exactly(two_sources, num_wo
 @pytest.mark.filterwarnings("ignore:.*do not fill a block")
 @pytest.mark.parametrize("num_workers", [0, 1, 2, 3])
 @pytest.mark.parametrize("world_size", [1, 2, 3, 4])
+@pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")  # 3 workers on 2 cores, on purpose
 def test_every_block_is_read_exactly_once_per_epoch(tmp_path, world_size, num_workers):
     # 7 shards of uneven sizes and a short last shard: divisible neither by the world size nor by the window.
     blocks = make_dataset(tmp_path / "data", [5, 9, 3, 12, 1, 7, 4], tail=3)
@@ -147,7 +148,10 @@ def test_every_block_is_read_exactly_once_per_epoch(tmp_path, world_size, num_wo
 def test_each_source_of_a_mixture_is_read_once_per_epoch(tmp_path):
     a = make_dataset(tmp_path / "a", [5, 9, 3], tail=3)
     b = make_dataset(tmp_path / "b", [4, 2], first_token=SECOND_SOURCE)
-    steps, _ = read_steps([tmp_path / "a", tmp_path / "b"], 2, 3, 1, steps=20, global_batch_size=12, weights=[0.6, 0.4])
+    with pytest.warns(UserWarning, match="3 tokens at shard ends do not fill a block of 8 tokens"):
+        steps, _ = read_steps(
+            [tmp_path / "a", tmp_path / "b"], 2, 3, 1, steps=20, global_batch_size=12, weights=[0.6, 0.4]
+        )
     read = Counter(block for step in steps for block in step)
     for blocks in (a, b):
         drawn = sum(read[block] for block in blocks)
@@ -252,9 +256,10 @@ def test_an_index_makes_the_start_read_a_handful_of_files(tmp_path):
 def test_an_index_and_the_headers_give_the_same_source(tmp_path):
     make_dataset(tmp_path / "plain", [3, 5, 2], tail=2, index=False)
     make_dataset(tmp_path / "indexed", [3, 5, 2], tail=2)
-    with pytest.warns(UserWarning):
+    with pytest.warns(UserWarning, match="not in an index"), pytest.warns(UserWarning, match="2 tokens at shard"):
         plain = ShardedBlocks(tmp_path / "plain", BLOCK_SIZE)
-    indexed = ShardedBlocks(tmp_path / "indexed", BLOCK_SIZE)
+    with pytest.warns(UserWarning, match="2 tokens at shard ends"):
+        indexed = ShardedBlocks(tmp_path / "indexed", BLOCK_SIZE)
     assert plain.fingerprint().digest == indexed.fingerprint().digest
     assert [plain.locate(k) for k in range(30)] == [indexed.locate(k) for k in range(30)]
 
@@ -333,7 +338,7 @@ def test_clear_errors_for_unusable_directories(tmp_path):
         ShardedBlocks(tmp_path / "empty", BLOCK_SIZE)
     (tmp_path / "small").mkdir()
     write_shard(tmp_path / "small" / "x.bin", np.arange(5, dtype=np.uint16))
-    with pytest.raises(ValueError, match="No shard in .* holds a whole block of 8 tokens"):
+    with pytest.raises(ValueError, match="No shard in .* holds a whole block of 8 tokens"), pytest.warns(UserWarning):
         ShardedBlocks(tmp_path / "small", BLOCK_SIZE)
     (tmp_path / "small" / "index.json").write_text('{"version": 1, "names": []}')
     with pytest.raises(ValueError, match="index.json: not a usable shard index"):
