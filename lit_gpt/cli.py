@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import os
 import re
 import sys
 import warnings
 from argparse import Action
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import ModuleType
 from typing import Any, TypeVar
 
 from jsonargparse import CLI, ActionConfigFile, ArgumentParser, DefaultHelpFormatter, capture_parser
@@ -32,7 +35,6 @@ def run(component: Callable[..., Any], then: Callable[[Any], Any] | None = None)
     warnings.formatwarning = lambda message, category, *_: f"warning: {message}\n"
     try:
         if dataclasses.is_dataclass(component):
-            check_options(dataclass_parser(component), sys.argv[1:])
             then(parse_dataclass(component))
         else:
             options = dict(as_positional=False, description=summary(component), formatter_class=ReadableTypes)
@@ -46,6 +48,16 @@ def run(component: Callable[..., Any], then: Callable[[Any], Any] | None = None)
         if global_rank() == 0:
             print("Interrupted (Ctrl-C)", file=sys.stderr)
         sys.exit(130)
+
+
+def load_script(path: Path) -> ModuleType:
+    """A script of the repository (pretrain/, scripts/) as a module, to call its functions without
+    running its command."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while being defined
+    spec.loader.exec_module(module)
+    return module
 
 
 def global_rank() -> int:
@@ -95,5 +107,6 @@ def parse_dataclass(cls: type[Settings], args: Sequence[str] | None = None) -> S
     """An instance of ``cls`` from options named after its fields (``--micro_batch_size 4``) and recipe
     files (``--config recipe.yaml``); ``--help`` shows each field's type, default and docstring."""
     parser = dataclass_parser(cls)
+    check_options(parser, sys.argv[1:] if args is None else args)
     parsed = parser.instantiate(parser.parse_args(args))
     return cls(**{field.name: getattr(parsed, field.name) for field in dataclasses.fields(cls)})

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from lit_gpt import GPT, Config, Tokenizer
-from lit_gpt.cli import run
+from lit_gpt.cli import load_script, run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -66,7 +66,10 @@ def benchmark_eval(
         save_file(model.state_dict(), lit / "model.safetensors")
         (lit / "model_config.json").write_text(json.dumps(config.to_dict()))
         (lit / "tokenizer.model").write_bytes(tokenizer.path.read_bytes())
-        scripts = {name: _load(name) for name in ("convert_lit_checkpoint", "make_sample_tasks")}
+        scripts = {
+            name: load_script(REPO / "scripts" / f"{name}.py")
+            for name in ("convert_lit_checkpoint", "make_sample_tasks")
+        }
         scripts["convert_lit_checkpoint"].convert_lit_checkpoint(lit, tmp / "hf")
         scripts["make_sample_tasks"].make_sample_tasks(tmp / "tasks", questions, texts)
         manager = TaskManager(include_path=str(tmp / "tasks"), verbosity="ERROR")
@@ -96,15 +99,6 @@ def benchmark_eval(
         print(f"{name:>5}: {rate:,.1f} requests/s")
     print(f"ours / hf: {rates['ours'] / rates['hf']:.2f}x")
     return rates
-
-
-def _load(script: str):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(script, REPO / "scripts" / f"{script}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ The cost is the difference of the medians, as a fraction of the step's median ti
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import statistics
 import subprocess
@@ -30,26 +29,16 @@ import torch
 from lightning.fabric.strategies import ModelParallelStrategy
 
 from lit_gpt import GPT, Config
-from lit_gpt.cli import run
+from lit_gpt.cli import load_script, run
 from lit_gpt.run import RunConfig
 from lit_gpt.spikes import SpikeGuard
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def training_script():
-    """pretrain/tinyllama.py as a module (its train_step and parallelize), without running it."""
-    path = REPO / "pretrain" / "tinyllama.py"
-    spec = importlib.util.spec_from_file_location("tinyllama", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up while being defined
-    spec.loader.exec_module(module)
-    return module
-
-
 def worker(steps: int, reductions: int, micro_batch_size: int) -> None:
     """One of the torchrun processes: time steps and the two all-reduces; rank 0 prints the figures."""
-    tinyllama = training_script()
+    tinyllama = load_script(REPO / "pretrain" / "tinyllama.py")  # its train_step and parallelize
     settings = RunConfig(precision="32-true", micro_batch_size=micro_batch_size)
     strategy = ModelParallelStrategy(parallelize_fn=lambda model, mesh: tinyllama.parallelize(model, mesh, settings))
     fabric = L.Fabric(devices=int(os.environ["LOCAL_WORLD_SIZE"]), strategy=strategy, precision="32-true")

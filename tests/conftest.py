@@ -1,5 +1,6 @@
 import csv
-import importlib.util
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from lit_gpt import Tokenizer
+from lit_gpt import Tokenizer, cli
 from lit_gpt.data.index import index_directory
 from lit_gpt.data.shards import read_shard, write_shard
 
@@ -61,12 +62,7 @@ def split_documents(tokens: np.ndarray) -> list[list[int]]:
 
 def load_script(relative_path: str):
     """A script of the repository (pretrain/, scripts/) as a module, to call its functions."""
-    path = REPO_ROOT / relative_path
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while being defined
-    spec.loader.exec_module(module)
-    return module
+    return cli.load_script(REPO_ROOT / relative_path)
 
 
 def assert_refused(result: subprocess.CompletedProcess, *fragments: str) -> None:
@@ -153,3 +149,15 @@ def train_args(data: Path, out_dir: Path, *extra: str) -> list[str]:
         "0",
         *extra,
     ]
+
+
+@pytest.fixture
+def no_process_left(tmp_path):
+    """Whatever a test started (its command lines name its tmp_path) is killed by process id at the end,
+    also when the test failed half-way or left a process stopped."""
+    yield
+    for pid in processes_with(str(tmp_path)):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # it ended meanwhile

@@ -5,9 +5,11 @@ Every ```bash block of those sections runs in a fresh folder that holds the repo
 Training commands get a tiny step count through documented options; everything else runs as written.
 """
 
+import contextlib
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +37,27 @@ def commands(text: str) -> list[str]:
     return found
 
 
+def run_in_own_group(words: list[str], cwd: Path, environment: dict) -> tuple[str, str, int]:
+    """Run a command in a process group of its own, which is killed by its id afterwards: torchrun's
+    workers do not outlive a failed or timed-out command."""
+    process = subprocess.Popen(
+        words,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=cwd,
+        env=environment,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=900)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    return stdout, stderr, process.returncode
+
+
 def test_the_readme_data_and_training_commands_run_as_written(tmp_path):
     readme = (REPO_ROOT / "README.md").read_text()
     documented = commands(section(readme, "Data")) + commands(section(readme, "Training"))
@@ -48,9 +71,9 @@ def test_the_readme_data_and_training_commands_run_as_written(tmp_path):
         words = shlex.split(command)
         if "pretrain/tinyllama.py" in words and "--help" not in words:
             words += TINY_RUN
-        result = subprocess.run(words, capture_output=True, text=True, cwd=tmp_path, env=environment, timeout=900)
-        assert result.returncode == 0, (command, result.stdout[-2000:], result.stderr[-3000:])
-        assert "srun` command is available" not in result.stderr  # Lightning's hint, meaningless outside SLURM
+        stdout, stderr, status = run_in_own_group(words, tmp_path, environment)
+        assert status == 0, (command, stdout[-2000:], stderr[-3000:])
+        assert "srun` command is available" not in stderr  # Lightning's hint, meaningless outside SLURM
         for value in (words[i + 1] for i, word in enumerate(words[:-1]) if word in ("--destination_path", "--out_dir")):
             assert any((tmp_path / value).iterdir()), f"{command} made nothing in {value}"
     for out_dir in ("out/cpu", "out/cpu-2"):  # the recipe's folders and the torchrun example's

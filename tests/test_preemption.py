@@ -16,16 +16,7 @@ SCRIPT = REPO_ROOT / "pretrain" / "tinyllama.py"
 LONG = ["--max_steps", "300", "--eval_interval", "1000", "--save_interval", "1000"]
 
 
-@pytest.fixture(autouse=True)
-def no_process_left(tmp_path):
-    """Whatever a test started (its command lines name its tmp_path) is killed by process id at the end,
-    also when the test failed half-way or left a rank stopped."""
-    yield
-    for pid in processes_with(str(tmp_path)):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass  # it ended meanwhile
+pytestmark = pytest.mark.usefixtures("no_process_left")
 
 
 def start(args: list[str], launcher: list[str] | None = None) -> subprocess.Popen:

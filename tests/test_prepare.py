@@ -160,7 +160,7 @@ def test_machines_split_the_files_and_write_disjoint_shards(tmp_path):
 
 
 @pytest.mark.parametrize("stop, workers", [("SIGKILL", "1"), ("Ctrl-C", "2")])
-def test_a_killed_or_interrupted_run_resumes_and_gives_the_same_shards(tmp_path, stop, workers):
+def test_a_killed_or_interrupted_run_resumes_and_gives_the_same_shards(tmp_path, stop, workers, no_process_left):
     """kill -9, or Ctrl-C to the whole process group (workers included): one line, status 130."""
     source = tmp_path / "slim"
     slimpajama_corpus(source, files=6)

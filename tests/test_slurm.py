@@ -131,7 +131,7 @@ def wait_for(cluster: SlurmCluster, job: str, ready, timeout: float, log: Path) 
         time.sleep(2)
 
 
-def test_a_time_limit_saves_requeues_and_the_chain_trains_like_one_run(cluster, data, tmp_path):
+def test_a_time_limit_saves_requeues_and_the_chain_trains_like_one_run(cluster, data, tmp_path, no_process_left):
     """The template under a one-minute limit, USR1 30 s before it: the first job stops after a step with a
     checkpoint and requeues itself, the requeued job (given time to finish) resumes, and the chain's
     losses are the uninterrupted run's, bit for bit."""
