@@ -15,6 +15,10 @@ chunk, so the logits are never held. Where PyTorch has its own chunked ``F.linea
 measured at least as fast as ours (``LIBRARY_LOSS``: fp32 on CPUs, ``scripts/benchmark_train.py
 --loss true``), that runs, unless the z-loss is on, which only ours computes.
 
+Training with ``--document_mask`` keeps attention inside each document (:func:`document_mask`, built once
+per micro-batch): on CUDA FlexAttention with a block mask, which skips the blocks the mask leaves empty;
+elsewhere SDPA with the dense mask, since PyTorch has no FlexAttention backward on CPUs.
+
 The ``"reference"`` backend runs the textbook formulas; tests compare the two. flash-attn and xformers
 are optional: a missing or broken install (no CUDA, a mismatched build) falls back silently to PyTorch.
 Every kernel decides through :func:`implementation` (one table, ``KERNELS``), which :func:`describe`
@@ -27,14 +31,16 @@ import contextlib
 import functools
 import importlib
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
 Backend = Literal["fused", "reference"]
+AttentionMask = torch.Tensor | BlockMask  # boolean, broadcastable to (B, H, T, S), or FlexAttention's
 _backend: Backend = "fused"
 
 
@@ -77,6 +83,8 @@ KERNELS: dict[str, tuple[str | None, str | None, str]] = {
 }
 HALF = (torch.float16, torch.bfloat16)
 SDPA_CUDNN_FIRST = "scaled_dot_product_attention (cuDNN first)"
+FLEX_DOCUMENTS = "flex_attention (document block mask)"
+SDPA_DOCUMENTS = "scaled_dot_product_attention (dense document mask)"
 LIBRARY_LOSS_NAME = "torch.nn.functional.linear_cross_entropy (chunked)"
 # (device type, dtype) where PyTorch's chunked loss measured at least as fast as ours, forward + backward
 # (benchmark_train.py --loss true); GPUs join when measured there.
@@ -95,14 +103,17 @@ def implementation(
     dtype: torch.dtype = torch.float32,
     masked: bool = False,
     z_loss: bool = False,
+    documents: bool = False,
 ) -> str:
-    """Which implementation ``kernel`` runs for tensors of ``dtype`` on ``device`` (attention also depends
-    on whether a mask is given, the loss on whether the z-loss is on): the decision every kernel below
-    takes, and :func:`describe` reports."""
+    """Which implementation ``kernel`` runs for tensors of ``dtype`` on ``device``: the decision every kernel
+    below takes, and :func:`describe` reports. Attention also depends on whether a mask is given and on
+    ``documents`` (masked at document starts), the loss on whether the z-loss is on."""
     if _backend == "reference":
         return "reference"
     extension, module, pytorch = KERNELS[kernel]
     usable = module is not None and torch.device(device).type == "cuda" and _optional_module(module) is not None
+    if kernel == "attention" and documents:
+        return FLEX_DOCUMENTS if torch.device(device).type == "cuda" else SDPA_DOCUMENTS
     if kernel == "attention":
         if hopper_or_newer(device):
             return SDPA_CUDNN_FIRST  # faster than FlashAttention-2 there; takes masks and fp32 too
@@ -118,12 +129,20 @@ def _extension(kernel: str, tensor: torch.Tensor, masked: bool = False) -> bool:
 
 
 def describe(
-    device: torch.device | str, dtype: torch.dtype = torch.float32, compiled: bool = False, z_loss: bool = False
+    device: torch.device | str,
+    dtype: torch.dtype = torch.float32,
+    compiled: bool = False,
+    z_loss: bool = False,
+    document_mask: bool = False,
 ) -> dict[str, str]:
     """Which implementation each kernel uses for ``dtype`` tensors on ``device``, for the training log;
-    ``compiled`` says whether torch.compile wraps the model (and so fuses the plain PyTorch code)."""
+    ``compiled`` says whether torch.compile wraps the model (and so fuses the plain PyTorch code), the
+    other flags are the training options that change a choice."""
     suffix = " (fused by torch.compile)" if compiled else ""
-    names = {kernel: implementation(kernel, device, dtype, z_loss=z_loss) for kernel in KERNELS}
+    names = {
+        kernel: implementation(kernel, device, dtype, z_loss=z_loss, documents=document_mask and kernel == "attention")
+        for kernel in KERNELS
+    }
     return {kernel: name + suffix if name == "pytorch" else name for kernel, name in names.items()}
 
 
@@ -207,8 +226,8 @@ def attention_reference(
 ) -> torch.Tensor:
     """Softmax attention written out. q: (B, T, H, D); k, v: (B, S, G, D) with H a multiple of G.
 
-    Without ``mask`` the attention is causal (query i sees keys 0..i); otherwise ``mask`` (T, S) is
-    True where a query may see a key. Returns (B, T, H, D).
+    Without ``mask`` the attention is causal (query i sees keys 0..i); otherwise ``mask`` (T, S), or
+    (B, 1, T, S) for one mask per sequence, is True where a query may see a key. Returns (B, T, H, D).
     """
     q_per_kv = q.shape[2] // k.shape[2]
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
@@ -221,7 +240,57 @@ def attention_reference(
     return (scores.softmax(dim=-1).to(v.dtype) @ v).transpose(1, 2)
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+def document_ids(idx: torch.Tensor, bos_id: int) -> torch.Tensor:
+    """For token ids (B, T), each token's document within its sequence: the number of ``bos_id`` tokens
+    up to it. The tokens before the first BOS -- the end of a document that began in an earlier block, or
+    a whole block without BOS -- are document 0, one segment like any other."""
+    return (idx == bos_id).cumsum(dim=1)
+
+
+def dense_document_mask(documents: torch.Tensor) -> torch.Tensor:
+    """(B, 1, T, T), True where a query may see a key: an earlier or the same position of its document."""
+    T = documents.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=documents.device).tril()
+    return ((documents[:, :, None] == documents[:, None, :]) & causal)[:, None]
+
+
+def block_document_mask(documents: torch.Tensor) -> BlockMask:
+    """The same mask for FlexAttention: per 128 x 128 tile, whether it is empty, full or partial, so that
+    the kernel skips the tiles between documents."""
+    B, T = documents.shape
+
+    def same_document_causal(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+        return (documents[b, q] == documents[b, kv]) & (q >= kv)
+
+    return create_block_mask(same_document_causal, B, None, T, T, device=documents.device)
+
+
+def document_mask(documents: torch.Tensor) -> AttentionMask:
+    """The attention mask of :func:`document_ids` ``documents``, in the form the attention kernel chosen
+    for their device takes; built once per micro-batch and shared by every layer."""
+    if implementation("attention", documents.device, documents=True) == FLEX_DOCUMENTS:
+        return block_document_mask(documents)
+    return dense_document_mask(documents)
+
+
+@functools.cache
+def _compiled_flex_attention() -> Callable[..., torch.Tensor]:
+    """FlexAttention is a fused kernel only when compiled (eagerly it runs an unfused reference)."""
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: AttentionMask | None = None) -> torch.Tensor:
+    """Causal attention, or attention under ``mask``: a boolean tensor broadcastable to (B, H, T, S), or a
+    FlexAttention block mask (:func:`document_mask`)."""
+    if isinstance(mask, BlockMask):
+        y = _compiled_flex_attention()(
+            q.transpose(1, 2),
+            k.transpose(1, 2),
+            v.transpose(1, 2),
+            block_mask=mask,
+            enable_gqa=q.shape[2] != k.shape[2],
+        )
+        return y.transpose(1, 2)
     if _backend == "reference":
         return attention_reference(q, k, v, mask)
     chosen = implementation("attention", q.device, q.dtype, masked=mask is not None)

@@ -75,6 +75,7 @@ class GPT(nn.Module):
         input_pos: torch.Tensor | None = None,
         targets: torch.Tensor | None = None,
         z_loss: float = 0.0,
+        bos_id: int | None = None,
     ) -> torch.Tensor | kernels.LossTerms:
         """Logits (B, T, padded_vocab_size) for token ids ``idx`` (B, T), or with ``targets`` the loss.
 
@@ -82,20 +83,30 @@ class GPT(nn.Module):
         (see :meth:`set_kv_cache`); without it the tokens are positions 0..T-1. With ``targets`` (B, T)
         the mean cross-entropy (plus ``z_loss`` x the mean squared logsumexp of the logits) is computed
         chunk by chunk without materialising the logits; ``LossTerms`` holds it and the z term.
+
+        With ``bos_id`` (training with ``--document_mask``) each token attends only to the earlier tokens
+        of its own document, a document starting at every ``bos_id`` (``kernels.document_ids``). The
+        rotary positions need not restart at each document: RoPE's scores depend on the distance between
+        two positions only, so a document scores alike wherever it sits in the block.
         """
         T = idx.shape[1]
         if input_pos is None:
             if T > self.config.block_size:
                 raise ValueError(f"Sequence length {T} exceeds the model's block_size {self.config.block_size}")
             input_pos = torch.arange(T, device=idx.device)
+        mask = None
+        if bos_id is not None:
+            if self.transformer.h[0].attn.kv_cache is not None:
+                raise ValueError("Document masks are for training; decoding with a KV cache scores one text")
+            mask = kernels.document_mask(kernels.document_ids(idx, bos_id))  # once, for every layer
         cos, sin = kernels.rope_cache(input_pos, self.config.head_size, self.config.rope_base)
         x = self.transformer.wte(idx)
         every = {"none": 0, "full": 1, "selective": 2}[self.activation_checkpointing]
         for i, block in enumerate(self.transformer.h):
             if self.training and every and i % every == 0:
-                x = checkpoint(block, x, cos, sin, use_reentrant=False)
+                x = checkpoint(block, x, cos, sin, None, mask, use_reentrant=False)
             else:
-                x = block(x, cos, sin, input_pos)
+                x = block(x, cos, sin, input_pos, mask)
         x = self.transformer.ln_f(x)
         if targets is not None:
             return self.head_loss(x, self.lm_head.weight, targets, z_loss=z_loss)
@@ -129,9 +140,14 @@ class Block(nn.Module):
         self.mlp = LLaMAMLP(config)
 
     def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, input_pos: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        input_pos: torch.Tensor | None = None,
+        mask: kernels.AttentionMask | None = None,
     ) -> torch.Tensor:
-        x = x + self.attn(self.norm_1(x), cos, sin, input_pos)
+        x = x + self.attn(self.norm_1(x), cos, sin, input_pos, mask)
         return x + self.mlp(self.norm_2(x))
 
 
@@ -151,8 +167,14 @@ class CausalSelfAttention(nn.Module):
         self.kv_cache: KVCache | None = None
 
     def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, input_pos: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        input_pos: torch.Tensor | None = None,
+        mask: kernels.AttentionMask | None = None,
     ) -> torch.Tensor:
+        """``mask``: where each query may attend (a document mask); None is causal."""
         B, T, _ = x.shape
         groups, head_size = self.config.n_query_groups, self.config.head_size
         q_per_kv = self.config.n_head // groups
@@ -162,7 +184,6 @@ class CausalSelfAttention(nn.Module):
         v = qkv[:, :, :, q_per_kv + 1]
         q = kernels.apply_rotary(q, cos, sin)
         k = kernels.apply_rotary(k, cos, sin)
-        mask = None
         if self.kv_cache is not None:
             if input_pos is None:
                 raise ValueError("A model with a KV cache needs input_pos")

@@ -97,6 +97,29 @@ class Throughput:
         }
 
 
+class SourceTokens:
+    """Tokens trained from each data source so far, and the mixture realised since the last report.
+
+    Both come from the loader's blocks taken per source (``BlockLoader.state_dict()["taken"]``), global
+    counters that checkpoints keep: exact on any number of ranks and across resumes, not an estimate.
+    """
+
+    def __init__(self, names: list[str], block_size: int, taken: list[int]) -> None:
+        self.names, self.block_size, self.last = names, block_size, list(taken)
+
+    def report(self, taken: list[int]) -> tuple[dict[str, int], str]:
+        """``tokens/<source>`` for the metrics, and each source's share of the tokens trained since the
+        last report for the console (empty with one source)."""
+        metrics = {f"tokens/{name}": count * self.block_size for name, count in zip(self.names, taken, strict=True)}
+        interval = [now - before for now, before in zip(taken, self.last, strict=True)]
+        self.last = list(taken)
+        if len(self.names) < 2 or not sum(interval):
+            return metrics, ""
+        return metrics, " ".join(
+            f"{name} {n / sum(interval):.1%}" for name, n in zip(self.names, interval, strict=True)
+        )
+
+
 def format_eta(seconds: float) -> str:
     if not math.isfinite(seconds):
         return "?"

@@ -122,6 +122,12 @@ class RunConfig:
             added, removed or resized, as in continual pretraining on grown data).
         initial_checkpoint: a lit checkpoint directory (scripts/convert_hf_checkpoint.py) whose weights
             start the run.
+        document_mask: attend only within each document (a document starts at each BOS of the tokenizer
+            at tokenizer_path; the part of a document that began in an earlier block is a segment of its
+            own), as Llama 3 and OLMo 2 train; false: causal attention across the packed documents, as
+            TinyLlama trained. Training only: validation, benchmarks and the converted model score single
+            texts and are unaffected. Rotary positions are not restarted at each document: RoPE depends
+            on distances between positions only, so that would change rounding, nothing else.
         compile: compile each transformer block and the training loss with torch.compile.
         activation_checkpointing: none; full: recompute every block's activations in the backward pass
             instead of keeping them (least memory, about a third more compute); selective: every other
@@ -188,6 +194,7 @@ class RunConfig:
     overwrite: bool = False
     allow_data_change: bool = False
     initial_checkpoint: Path | None = None
+    document_mask: bool = False
     compile: bool = False
     activation_checkpointing: Checkpointing = "none"
     reshard_after_forward: bool = True
@@ -228,6 +235,15 @@ class RunConfig:
                 f"{self.spike_sigma}"
             )
         return SpikeGuard(self.spike_window, self.spike_sigma, enabled=self.spike_guard)
+
+    def document_bos_id(self) -> int | None:
+        """The id at which documents start, for ``--document_mask``: the tokenizer's BOS (None without
+        the mask)."""
+        if not self.document_mask:
+            return None
+        if self.tokenizer_path is None:
+            raise InvalidInput("--document_mask true needs --tokenizer_path: documents start at its BOS token")
+        return Tokenizer(self.tokenizer_path).bos_id
 
     def resolved_precision(self) -> Precision:
         """The precision asked for, or the best the machine has: bf16-mixed on GPUs that support it."""

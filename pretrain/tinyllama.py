@@ -47,7 +47,7 @@ from lit_gpt.data.loader import BlockLoader
 from lit_gpt.errors import InvalidInput, MissingInput
 from lit_gpt.hub import go_offline_without_hub
 from lit_gpt.model import check_state_dict
-from lit_gpt.monitor import MetricLogger, Throughput, create_loggers, format_eta
+from lit_gpt.monitor import MetricLogger, SourceTokens, Throughput, create_loggers, format_eta
 from lit_gpt.preemption import StopRequest, exit_status, requeue, slurm_job
 from lit_gpt.run import RunConfig
 from lit_gpt.schedule import StagePlan
@@ -104,6 +104,7 @@ def check_inputs(run: RunConfig) -> None:
             )
     if run.tokenizer_path is not None:
         Tokenizer(run.tokenizer_path)
+    run.document_bos_id()
     run.stage_plan(run.model(), launched_world_size(run))
 
 
@@ -188,11 +189,8 @@ def main(fabric: L.Fabric, run: RunConfig) -> None:
         run.out_dir.mkdir(parents=True, exist_ok=True)
         say(fabric, f"Model {config.name}: {config.to_dict()}")
         compute_dtype = torch.float32 if run.precision == "32-true" else torch.bfloat16
-        say(
-            fabric,
-            f"Kernels: {kernels.describe(fabric.device, compute_dtype, run.compile, run.z_loss > 0)}; "
-            f"precision {run.precision}",
-        )
+        chosen = kernels.describe(fabric.device, compute_dtype, run.compile, run.z_loss > 0, run.document_mask)
+        say(fabric, f"Kernels: {chosen}; precision {run.precision}")
         say(
             fabric,
             f"Data: {dict(zip(names, plan.weights(0), strict=True))}; {plan.max_steps:,} steps, "
@@ -303,6 +301,9 @@ def train(
     schedule = run.learning_rates()
     throughput = Throughput(config, fabric.world_size, fabric.device)
     throughput.start(state["step"], plan.tokens_before(state["step"]))
+    names = [source.name for source in run.train_data]
+    source_tokens = SourceTokens(names, config.block_size, train_loader.state_dict()["taken"])
+    bos_id = run.document_bos_id()  # --document_mask
     nonfinite_in_a_row, started, first_step = 0, time.perf_counter(), state["step"]
     while state["step"] < plan.max_steps:
         step = state["step"]
@@ -310,7 +311,9 @@ def train(
         accumulation = plan.global_batch_size(step) // (fabric.world_size * run.micro_batch_size)
         if step > 0 and plan.stage_index(step) != plan.stage_index(step - 1):
             guard.reset()  # a new batch size or mixture moves the loss: measure it afresh
-        measured = train_step(fabric, state, batches, accumulation, lr, run.grad_clip, run.z_loss, guard, stop.flag)
+        measured = train_step(
+            fabric, state, batches, accumulation, lr, run.grad_clip, run.z_loss, guard, stop.flag, bos_id
+        )
         if step == first_step:
             set_collective_timeout(run.collective_timeout)  # start-up and the first step are over
         loss, grad_norm = measured["loss"], measured["grad_norm"]
@@ -333,12 +336,12 @@ def train(
         if stopping:
             received = stop.received.value if stop.received is not None else 0  # which signal, for every rank
             signum = int(fabric.all_reduce(torch.tensor(received, device=fabric.device), reduce_op="max").item())
-            report(fabric, plan, state, throughput, loggers, lr=lr, **measured)
+            report(fabric, plan, state, throughput, source_tokens, train_loader, loggers, lr=lr, **measured)
             save(fabric, writer, state, train_loader, guard)
             return signal.Signals(signum)
         done = state["step"] == plan.max_steps
         if state["step"] % run.log_interval == 0 or done:
-            report(fabric, plan, state, throughput, loggers, lr=lr, **measured)
+            report(fabric, plan, state, throughput, source_tokens, train_loader, loggers, lr=lr, **measured)
         validation = bool(evaluations.val_loaders) and (state["step"] % run.eval_interval == 0 or done)
         tasks = evaluations.benchmarks is not None and (state["step"] % run.eval_tasks_interval == 0 or done)
         if validation or tasks:
@@ -386,11 +389,13 @@ def train_step(
     z_loss: float,
     guard: SpikeGuard,
     stop_flag: float = 0.0,
+    bos_id: int | None = None,
 ) -> dict:
     """One optimizer step over ``accumulation`` micro-batches per rank. The update is applied only when
     the loss and the gradient norm are finite and ``guard`` finds no spike. Returns the loss, the z-loss
     term, the gradient norm (averaged and global), the guard's verdict, and whether any rank's
-    ``stop_flag`` was set (carried by the loss's all-reduce: no collective of its own)."""
+    ``stop_flag`` was set (carried by the loss's all-reduce: no collective of its own). With ``bos_id``
+    attention stays inside each document (--document_mask; see ``GPT.forward``)."""
     model, optimizer = state["model"], state["optimizer"]
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -398,7 +403,7 @@ def train_step(
     for micro_step in range(accumulation):
         batch = next(batches).to(fabric.device, non_blocking=True)
         with fabric.no_backward_sync(model, enabled=micro_step < accumulation - 1):
-            terms = model(batch[:, :-1], targets=batch[:, 1:], z_loss=z_loss)
+            terms = model(batch[:, :-1], targets=batch[:, 1:], z_loss=z_loss, bos_id=bos_id)
             fabric.backward(terms.loss / accumulation)
         sums += torch.stack([terms.loss.detach(), terms.z_term])
     flag = torch.tensor([stop_flag], device=fabric.device)
@@ -418,12 +423,15 @@ def report(
     plan: StagePlan,
     state: dict,
     throughput: Throughput,
+    source_tokens: SourceTokens,
+    train_loader: BlockLoader,
     loggers: list[MetricLogger],
     **measured: float,
 ) -> None:
     """The console line and the metrics of the step just taken."""
     step, tokens = state["step"], plan.tokens_before(state["step"])
     speed = throughput.report(step, tokens, plan.max_tokens - tokens)
+    per_source, mixture = source_tokens.report(train_loader.state_dict()["taken"])
     metrics = dict(
         stage=plan.stages[plan.stage_index(step - 1)].name,
         tokens=tokens,
@@ -434,6 +442,7 @@ def report(
         skipped_steps=state["skipped_steps"],
         spike_steps=state["spike_steps"],
         **({"z_loss": measured["z_loss"]} if "z_loss" in measured else {}),
+        **per_source,
         **speed,
     )
     mfu = f"{speed['mfu']:.1%}" if speed["mfu"] is not None else "n/a"
@@ -442,7 +451,8 @@ def report(
         f"step {step:>7,}/{plan.max_steps:,} | loss {measured['loss']:.4f} | lr {measured['lr']:.3e} | "
         f"grad {measured['grad_norm']:.3f} | {tokens:,} tok | {speed['tokens_per_s']:,.0f} tok/s "
         f"({speed['tokens_per_s_per_device']:,.0f}/device) | MFU {mfu} | "
-        f"{speed['step_time_s'] * 1000:.0f} ms/step | ETA {format_eta(speed['eta_s'])}",
+        f"{speed['step_time_s'] * 1000:.0f} ms/step | ETA {format_eta(speed['eta_s'])}"
+        + (f" | mix {mixture}" if mixture else ""),
     )
     for logger in loggers:
         logger.log(metrics, step)

@@ -11,9 +11,13 @@ intermediate 704, vocabulary 32000, sequence 256, micro-batch 8, fp32, 2 threads
         --precision bf16-true --devices cuda \
         --modes '[eager, compile, compile+selective]'      # a GPU: tokens/s per GPU, MFU, peak memory
     python scripts/benchmark_train.py --loss true          # the training loss alone: ours vs PyTorch's
+    python scripts/benchmark_train.py --document_mask true # ours with and without the document mask
 
 Modes: eager, compile (torch.compile), compile+selective (and selective activation checkpointing: ours
-only, transformers has no such mode). The optimizer is fused AdamW for both models.
+only, transformers has no such mode). The optimizer is fused AdamW for both models. With
+``--document_mask true`` the batch holds documents of ``document_tokens`` tokens on average (each
+starting with BOS, id 1) and our model is timed without and with the mask (``--document_mask`` of
+training) on the same batch.
 """
 
 from __future__ import annotations
@@ -28,13 +32,14 @@ from pathlib import Path
 
 import torch
 
-from lit_gpt import GPT, Config
+from lit_gpt import GPT, Config, kernels
 from lit_gpt.cli import run
 from lit_gpt.hf import hf_llama_config
 from lit_gpt.monitor import flops_per_token, peak_flops
 
 CPU_COMPARISON = {"n_layer": 4, "n_embd": 256, "n_head": 8, "n_query_groups": 2, "intermediate_size": 704}
 DTYPES = {"32-true": torch.float32, "bf16-true": torch.bfloat16}
+BOS = 1  # Llama 2's, and the demo tokenizer's
 
 
 def hf_model(config: Config):
@@ -54,21 +59,27 @@ def measure(
     threads: int,
     steps: int,
     warmup: int,
+    document_tokens: int | None = None,
 ) -> dict:
-    """Run training steps in this process and return tokens/s and peak memory in bytes."""
+    """Run training steps in this process and return tokens/s and peak memory in bytes. ``which`` is
+    ours, ours+mask (attention inside documents) or transformers; ``document_tokens``: BOS on average
+    that often in the batch."""
     torch.manual_seed(0)
     torch.set_num_threads(threads)
     dtype = DTYPES[precision]
     checkpointing = "selective" if mode.endswith("+selective") else "none"
-    model = GPT(config, activation_checkpointing=checkpointing) if which == "ours" else hf_model(config)
+    model = GPT(config, activation_checkpointing=checkpointing) if which != "transformers" else hf_model(config)
     model = model.to(device=device, dtype=dtype)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     forward = torch.compile(model) if mode.startswith("compile") else model
-    data = torch.randint(0, config.vocab_size, (batch, seq_len + 1), device=device)
+    data = torch.randint(2, config.vocab_size, (batch, seq_len + 1), device=device)
+    if document_tokens:
+        data[torch.rand(data.shape, device=device) < 1 / document_tokens] = BOS
+    bos_id = BOS if which == "ours+mask" else None
 
     def step() -> None:
-        if which == "ours":
-            loss = forward(data[:, :-1], targets=data[:, 1:]).loss
+        if which != "transformers":
+            loss = forward(data[:, :-1], targets=data[:, 1:], bos_id=bos_id).loss
         else:
             loss = forward(input_ids=data[:, :-1], labels=data[:, :-1], use_cache=False).loss
         loss.backward()
@@ -147,6 +158,8 @@ def benchmark_train(
     warmup: int = 3,
     worker: str | None = None,
     loss: bool = False,
+    document_mask: bool = False,
+    document_tokens: int = 1024,
 ) -> None:
     """Print tokens/s and peak memory for both models in each mode, and our/their ratios.
 
@@ -166,6 +179,9 @@ def benchmark_train(
         loss: instead, time the training loss alone (output projection + cross-entropy, forward and
             backward, micro_batch_size x seq_len rows of n_embd): ours against PyTorch's chunked
             F.linear_cross_entropy, which lit_gpt.kernels uses where it measures at least as fast.
+        document_mask: instead of transformers, time our model with the document mask (training's
+            --document_mask) against ours without it, on the same batch.
+        document_tokens: with document_mask, the mean document length (SlimPajama's is about 1,000).
     """
     if loss:
         torch.set_num_threads(threads)
@@ -187,6 +203,7 @@ def benchmark_train(
             threads,
             steps,
             warmup + (3 if mode.startswith("compile") else 0),
+            document_tokens if document_mask else None,
         )
         print(json.dumps(result))
         return
@@ -194,9 +211,13 @@ def benchmark_train(
         f"{model_name} {json.dumps(overrides)} vocab {vocab_size}, {micro_batch_size} x {seq_len} tokens, "
         f"{precision}, {devices}, {threads} threads, {steps} timed steps"
     )
+    if document_mask:
+        attention = kernels.implementation("attention", devices, DTYPES[precision], documents=True)
+        print(f"documents of {document_tokens} tokens on average; the mask's attention: {attention}")
     for mode in modes or ["eager", "compile"]:
         results = {}
-        for which in ("ours", "transformers") if "+" not in mode else ("ours",):
+        compared = ("ours", "ours+mask") if document_mask else ("ours", "transformers")
+        for which in compared if document_mask or "+" not in mode else ("ours",):
             args = sys.argv[1:] + ["--worker", f"{which}:{mode}"]
             output = subprocess.run(
                 [sys.executable, str(Path(__file__).resolve()), *args], check=True, capture_output=True, text=True
@@ -206,6 +227,9 @@ def benchmark_train(
             mfu = f", MFU {r['mfu']:.1%}" if r["mfu"] is not None else ""
             gib = r["peak_memory"] / 2**30
             print(f"  {mode:17s} {which:12s} {r['tokens_per_s']:12,.0f} tokens/s  peak {gib:6.2f} GiB{mfu}")
+        if "ours+mask" in results:
+            ratio = results["ours"]["tokens_per_s"] / results["ours+mask"]["tokens_per_s"]
+            print(f"  {mode:17s} step time with the mask / without: {ratio:.2f}x")
         if "transformers" not in results:
             continue
         ours, theirs = results["ours"], results["transformers"]

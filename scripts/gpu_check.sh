@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The GPU checks in one command (under 8 minutes on one H100/H200): the CUDA kernel tests, 20 training
-# steps of the demo model on CUDA, and the training benchmark of tiny_LLaMA_1b against transformers.
+# The GPU checks in one command (under 10 minutes on one H100/H200): the CUDA kernel tests, 20 training
+# steps of the demo model on CUDA, the training benchmark of tiny_LLaMA_1b against transformers, and
+# its step time with the document mask (FlexAttention) against without.
 # Needs a PyTorch CUDA image plus the project's dependencies and transformers (the benchmark's reference
 # and test_model's), installed from wheels brought along where there is no package index. Writes
 # everything under ${OUT:-gpu_check_out}/ and prints a summary.
@@ -15,7 +16,7 @@ python -c "import torch; print(f'{torch.cuda.get_device_name(0)}, PyTorch {torch
     | tee "$OUT/card.txt"
 
 # 1. every fused or optional path against its reference on CUDA (the CPU-only tests are deselected)
-timeout 150 python -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_model.py -k cuda \
+timeout 150 python -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_model.py tests/test_documents.py -k cuda \
     > "$OUT/kernel_tests.txt" 2>&1
 KERNELS=$?
 
@@ -46,6 +47,10 @@ BENCH=$?
 timeout 60 python scripts/benchmark_train.py --loss true --model_name tiny_LLaMA_1b --model_config '{}' \
     --seq_len 2048 --micro_batch_size 8 --precision bf16-true --devices cuda --steps 5 > "$OUT/loss.txt" 2>&1
 LOSS=$?
+timeout 150 python scripts/benchmark_train.py --document_mask true --model_name tiny_LLaMA_1b --model_config '{}' \
+    --seq_len 2048 --micro_batch_size 8 --precision bf16-true --devices cuda --threads 8 --steps 10 --warmup 3 \
+    --modes '[compile]' > "$OUT/document_mask.txt" 2>&1
+MASK=$?
 
 echo
 echo "=== summary: $(cat "$OUT/card.txt")"
@@ -55,3 +60,5 @@ echo "benchmark:     $(status $BENCH)"
 grep -E 'tokens/s|ours / transformers' "$OUT/benchmark.txt"
 echo "loss:          $(status $LOSS)"
 grep -E 'ms|x the time' "$OUT/loss.txt"
+echo "document mask: $(status $MASK)"
+grep -E "mask's attention|tokens/s|with the mask" "$OUT/document_mask.txt"

@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 import torch
 
-from lit_gpt import GPT, Config
+from lit_gpt import GPT, Config, kernels
 from lit_gpt.checkpoint import load_model_weights
 from lit_gpt.data.index import index_directory
+from lit_gpt.data.loader import create_loader
 from lit_gpt.data.shards import write_shard
 from lit_gpt.run import DataSource, RunConfig
 from lit_gpt.schedule import Stage
@@ -397,10 +398,12 @@ def test_dashboards_continue_across_a_resume(data, tmp_path, monkeypatch, logger
     else:
         from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-        events = EventAccumulator(str(out / "tensorboard")).Reload().Scalars("train_loss")
-        assert [event.step for event in events] == [1, 2, 3, 4, 5, 6]
-        logged = metrics(out, "train_loss")  # the CSV keeps the resumed run's values
-        assert [event.value for event in events] == pytest.approx([float(logged[step]) for step in range(1, 7)])
+        accumulator = EventAccumulator(str(out / "tensorboard")).Reload()
+        for name in ("train_loss", "tokens/a", "tokens/b"):
+            events = accumulator.Scalars(name)
+            assert [event.step for event in events] == [1, 2, 3, 4, 5, 6], name
+            logged = metrics(out, name)  # the CSV keeps the resumed run's values
+            assert [event.value for event in events] == pytest.approx([float(logged[s]) for s in range(1, 7)]), name
 
 
 @pytest.mark.slow
@@ -556,3 +559,70 @@ def test_validation_scores_the_same_blocks_on_any_number_of_processes(data, tmp_
     assert all(abs(loss - reference) <= 1e-6 for loss in val_losses.values()), val_losses
     run(train_args(data, tmp_path / "whole", *frozen, "--eval_blocks", "64", "--global_batch_size", "12"))
     assert abs(float(metrics(tmp_path / "whole", "val_loss")[2]) - reference) > 1e-4  # 10 blocks are not all 64
+
+
+@pytest.fixture
+def documents(tmp_path) -> Path:
+    """Sources a and b of short documents (BOS every 3 to 12 tokens) with token ids that tell them apart
+    (a below 2,000, b from 2,000), and a validation set."""
+    rng = np.random.default_rng(1)
+    for name, low, shards in (("a", 2, 3), ("b", 2000, 2), ("val", 2, 1)):
+        (tmp_path / name).mkdir()
+        for i in range(shards):
+            tokens = rng.integers(low, low + 1998, 33 * 64, dtype=np.uint16)
+            tokens[np.cumsum(rng.integers(3, 13, 33 * 64))[: 33 * 64 // 3] % (33 * 64)] = 1  # BOS
+            write_shard(tmp_path / name / f"train_{name}_0_{i:010d}.bin", tokens)
+        index_directory(tmp_path / name, tokenizer_path=DEMO_TOKENIZER)
+    return tmp_path
+
+
+def test_the_document_mask_reaches_training_only(documents, tmp_path):
+    """With the weights held still (learning rate 0), --document_mask true changes every training loss
+    and no validation loss (validation scores single texts, as the converted model will)."""
+    frozen = ["--learning_rate", "0", "--min_lr", "0", "--max_steps", "4"]
+    run(train_args(documents, tmp_path / "plain", *frozen))
+    result = run(train_args(documents, tmp_path / "masked", *frozen, "--document_mask", "true"))
+    assert f"'attention': '{kernels.SDPA_DOCUMENTS}'" in result.stdout
+    plain, masked = metrics(tmp_path / "plain", "train_loss"), metrics(tmp_path / "masked", "train_loss")
+    assert sorted(plain) == sorted(masked) == [1, 2, 3, 4]
+    assert all(abs(float(plain[s]) - float(masked[s])) > 1e-4 for s in plain)
+    assert metrics(tmp_path / "plain", "val_loss") == metrics(tmp_path / "masked", "val_loss")  # bitwise
+    refused = run(
+        train_args(documents, tmp_path / "refused", *frozen, "--document_mask", "true", "--tokenizer_path", "null"),
+        check=False,
+    )
+    assert_refused(refused, "--document_mask true needs --tokenizer_path")
+    assert not (tmp_path / "refused").exists()  # refused before any process group or output
+
+
+def recount_source_tokens(documents: Path, steps: int) -> list[dict[str, int]]:
+    """Tokens trained from a and b after each step, recounted from the content of the blocks the loader
+    gives (a's ids are below 2,000), with the training split of train_args."""
+    loader = create_loader([documents / "a", documents / "b"], 32, 2, global_batch_size=8, weights=[0.7, 0.3], seed=42)
+    batches, counts, totals = iter(loader), [], {"a": 0, "b": 0}
+    for _ in range(steps):
+        for _ in range(4):  # micro-batches of 2 per step of 8
+            for row in next(batches):
+                totals["a" if int(row.max()) < 2000 else "b"] += 32
+        counts.append(dict(totals))
+    return counts
+
+
+def test_tokens_per_source_are_logged_exactly_and_continue_across_a_resume_on_another_world(documents, tmp_path):
+    expected = recount_source_tokens(documents, 6)
+    out = tmp_path / "out"
+    first = run(
+        train_args(documents, out, "--max_steps", "6", "--save_interval", "3", "--devices", "2"), launcher=torchrun(2)
+    )
+    shutil.rmtree(out / "step-00000006")
+    resumed = run(train_args(documents, out, "--max_steps", "6", "--devices", "1"))
+    assert "at step 3" in resumed.stdout
+    for name in ("a", "b"):
+        logged = metrics(out, f"tokens/{name}")
+        assert logged == {step: str(expected[step - 1][name]) for step in range(1, 7)}, name
+    assert 0 < expected[5]["b"] < expected[5]["a"]  # both sources were drawn
+    for output, step in ((first.stdout, 2), (resumed.stdout, 5)):  # the mixture of the step just logged
+        before, after = expected[step - 2], expected[step - 1]
+        share = {name: (after[name] - before[name]) / 256 for name in ("a", "b")}
+        line = next(line for line in output.splitlines() if line.startswith(f"step {step:>7,}/"))
+        assert line.endswith(f"| mix a {share['a']:.1%} b {share['b']:.1%}"), line
