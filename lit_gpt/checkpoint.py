@@ -3,11 +3,12 @@
 A training checkpoint is ``out_dir/step-{step:08d}/``: the sharded model and optimizer state written by
 Fabric (torch.distributed.checkpoint, one file per rank), its ``meta.pt`` with counters, the loader's
 position and the format version (``lit_gpt.migrations`` reads older formats), ``data_fingerprint.json``
-(the training shards), and ``model_config.json``, ``hyperparameters.json`` and a copy of the tokenizer
-so that the directory describes itself. It is written as ``out_dir/.tmp-step-{step:08d}`` and renamed
-when every rank has finished, so a crash never leaves a directory that looks complete. A lit checkpoint
-is ``model.safetensors`` + ``model_config.json`` (+ ``tokenizer.model``): what conversion from Hugging
-Face writes.
+(per training source the digest of its shard names and sizes, and its totals; the lists themselves are
+in ``out_dir/data_manifests/<digest>.json``, written once per run), and ``model_config.json``,
+``hyperparameters.json`` and a copy of the tokenizer so that the directory describes itself. It is
+written as ``out_dir/.tmp-step-{step:08d}`` and renamed when every rank has finished, so a crash never
+leaves a directory that looks complete. A lit checkpoint is ``model.safetensors`` +
+``model_config.json`` (+ ``tokenizer.model``): what conversion from Hugging Face writes.
 """
 
 from __future__ import annotations
@@ -33,12 +34,15 @@ from lit_gpt.errors import InvalidInput, MissingInput, OutOfSpace, OutputExists
 from lit_gpt.hf import read_hf_model
 from lit_gpt.migrations import FORMAT_VERSION, migrate
 from lit_gpt.model import GPT, check_state_dict
+from lit_gpt.rank_zero import computed_on_rank_0
 from lit_gpt.tokenizer import Tokenizer
 
 CHECKPOINT_PATTERN = re.compile(r"^step-(\d{8})$")
-DATA_FINGERPRINT = "data_fingerprint.json"  # the training shards' names and sizes, per source
+DATA_FINGERPRINT = "data_fingerprint.json"  # per training source: the digest of its shards' names and sizes
+DATA_MANIFESTS = "data_manifests"  # in out_dir: per digest, the names and sizes, to explain a change
 RUN_FILES = (
     "metrics.csv",
+    DATA_MANIFESTS,
     "tensorboard",
     "wandb",
     "wandb_run_id",
@@ -125,10 +129,10 @@ class CheckpointWriter:
         import torch.distributed as dist
 
         self.fabric, self.out_dir, self.keep = fabric, out_dir, keep
+        self.fingerprint = fingerprint
         self.files = {  # written into every checkpoint, so that it describes itself
             "model_config.json": model_config.to_dict(),
             "hyperparameters.json": run_config,
-            DATA_FINGERPRINT: {name: source.to_dict() for name, source in fingerprint.items()},
         }
         self.tokenizer = Tokenizer(tokenizer_path).path if tokenizer_path is not None else None
         self.background = background
@@ -164,6 +168,9 @@ class CheckpointWriter:
                 shutil.rmtree(tmp)  # left by a crash during an earlier save
             tmp.mkdir(parents=True)
             torch.save(metadata, tmp / "meta.pt")
+            if DATA_FINGERPRINT not in self.files:  # the first save of this job
+                self.files[DATA_FINGERPRINT] = {name: data.summary() for name, data in self.fingerprint.items()}
+                write_manifests(self.out_dir, self.fingerprint)
             for name, content in self.files.items():
                 (tmp / name).write_text(json.dumps(content, indent=2, default=str))
             if self.tokenizer is not None:
@@ -316,13 +323,27 @@ def unwrap(obj: Any) -> Any:
     return getattr(obj, "optimizer", obj)
 
 
+def write_manifests(out_dir: Path, fingerprint: dict[str, Fingerprint]) -> None:
+    """The shard names and sizes of each source, as ``out_dir/data_manifests/<digest>.json``, unless a
+    job of the run wrote them already: a resume on changed data reads them to say what changed."""
+    directory = out_dir / DATA_MANIFESTS
+    directory.mkdir(exist_ok=True)
+    for data in fingerprint.values():
+        path = directory / f"{data.digest}.json"
+        if not path.is_file():
+            tmp = directory / f".{path.name}.tmp"
+            tmp.write_text(json.dumps(data.to_dict(), separators=(",", ":")))
+            os.replace(tmp, path)
+
+
 def load_training_state(
     fabric: Any, checkpoint: Path, state: dict[str, Any], fingerprint: dict[str, Fingerprint], allow_data_change: bool
 ) -> list[str]:
     """Fill ``state`` from ``checkpoint`` after checking that the training data is the checkpoint's;
-    returns what changed in the data where ``allow_data_change`` lets it pass."""
+    returns what changed in the data where ``allow_data_change`` lets it pass. Rank 0 compares the data
+    (digests, and the manifests only where they differ) and tells the others."""
     meta = migrate(torch.load(checkpoint / "meta.pt", weights_only=True), checkpoint)
-    changes = data_changes(checkpoint, fingerprint)
+    changes = computed_on_rank_0(fabric, lambda: data_changes(checkpoint, fingerprint))
     if changes and not allow_data_change:
         raise InvalidInput(f"{changes[0]}. Pass --allow_data_change true if this is meant.")
     tensors = {key: obj for key, obj in state.items() if isinstance(obj, torch.nn.Module | torch.optim.Optimizer)}
@@ -335,7 +356,9 @@ def load_training_state(
 
 
 def data_changes(checkpoint: Path, fingerprint: dict[str, Fingerprint]) -> list[str]:
-    """How the training sources differ from those ``checkpoint`` was trained on, one sentence each."""
+    """How the training sources differ from those ``checkpoint`` was trained on, one sentence each: the
+    digests first; where one differs, the shards named from the run's manifest of the old digest (or,
+    in checkpoints of format 4 and older, the lists they hold)."""
     path = checkpoint / DATA_FINGERPRINT
     if not path.is_file():
         raise MissingInput(f"{checkpoint} has no {DATA_FINGERPRINT}: it was written by an older version")
@@ -346,9 +369,20 @@ def data_changes(checkpoint: Path, fingerprint: dict[str, Fingerprint]) -> list[
         )
     changes = []
     for name, current in fingerprint.items():
-        change = current.changes_since(Fingerprint.from_dict(recorded[name]))
-        if change is not None:
-            changes.append(f"Training source {name!r} changed since {checkpoint}: {change}")
+        old = recorded[name]
+        if old["digest"] == current.digest:
+            continue
+        change = f"Training source {name!r} changed since {checkpoint}: "
+        manifest = checkpoint.parent / DATA_MANIFESTS / f"{old['digest']}.json"
+        if "names" in old or manifest.is_file():
+            listed = old if "names" in old else json.loads(manifest.read_text())
+            changes.append(change + current.changes_since(Fingerprint.from_dict(listed)))
+        else:
+            now = current.summary()
+            changes.append(
+                change + f"{old['shards']:,} shards of {old['tokens']:,} tokens then, {now['shards']:,} of "
+                f"{now['tokens']:,} now (which ones changed is in {manifest}, which is missing)"
+            )
     return changes
 
 

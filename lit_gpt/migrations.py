@@ -11,7 +11,9 @@ has a fixture checkpoint in ``tests/fixtures/checkpoints`` that a test resumes.
     1        be5e6da .. 28af139    step, tokens, skipped_steps, data, rng
     2        04f4fb7 .. 8dea17f    step, skipped_steps, data
     3        59d87f4 .. a883ed8    step, skipped_steps, spike_steps, data, spike_guard
-    4        since                 format_version, code_version, and the loader's split in data
+    4        89f4b83 .. 4fcd366    format_version, code_version, and the loader's split in data
+    5        since                 the same; data_fingerprint.json holds per source a digest and totals,
+                                   not the shard list (that is in out_dir/data_manifests, once per run)
 
 A change to what a checkpoint holds bumps ``FORMAT_VERSION``, adds the migration from the version
 before, and adds a fixture made by the code before the change (``tests/fixtures/checkpoints/make.py``).
@@ -25,7 +27,7 @@ from typing import Any
 
 from lit_gpt.errors import InvalidInput
 
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 Metadata = dict[str, Any]
 
 
@@ -61,11 +63,18 @@ def add_format_and_split(meta: Metadata) -> Metadata:
     return meta | {"format_version": 4, "code_version": "unknown (before format 4)", "data": data}
 
 
+def summarise_data_fingerprint(meta: Metadata) -> Metadata:
+    """4 -> 5: ``meta.pt`` is unchanged; ``data_fingerprint.json`` of format 4 lists every shard, and
+    ``lit_gpt.checkpoint.data_changes`` reads that list as it is (its digest is the same digest)."""
+    return meta | {"format_version": 5}
+
+
 # version -> the migration from it to the next version
 MIGRATIONS: dict[int, Callable[[Metadata], Metadata]] = {
     1: drop_derived_counters,
     2: add_spike_guard,
     3: add_format_and_split,
+    4: summarise_data_fingerprint,
 }
 
 

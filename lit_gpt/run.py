@@ -17,7 +17,7 @@ import torch
 
 from lit_gpt.config import Config
 from lit_gpt.data.index import file_sha256
-from lit_gpt.data.loader import BlockLoader, ShardedBlocks, create_loader
+from lit_gpt.data.loader import BlockLoader, ShardedBlocks, SourceListing, create_loader, read_listing
 from lit_gpt.errors import InvalidInput
 from lit_gpt.model import Checkpointing
 from lit_gpt.schedule import DecayShape, LearningRate, Stage, StagePlan
@@ -273,13 +273,37 @@ class RunConfig:
                 )
         return plan
 
-    def data_source(self, config: Config, path: Path, prefix: str) -> ShardedBlocks:
-        return ShardedBlocks(path, config.block_size, self.seed, prefix=prefix, vocab_size=config.vocab_size)
+    def listings(self) -> dict[tuple[Path, str], SourceListing]:
+        """What start-up reads about every training and validation source (directory and prefix): done
+        once per job, by rank 0, and handed to the loaders of every rank."""
+        sources = {(source.path, source.prefix) for source in [*self.train_data, *self.validation_sets()]}
+        return {(path, prefix): read_listing(path, prefix) for path, prefix in sorted(sources)}
 
-    def training_loader(self, config: Config, plan: StagePlan, rank: int, world_size: int) -> BlockLoader:
+    def data_source(
+        self, config: Config, source: DataSource, listings: dict[tuple[Path, str], SourceListing] | None = None
+    ) -> ShardedBlocks:
+        """The blocks of ``source``, from its listing in ``listings`` if there, else read here."""
+        listing = (listings or {}).get((source.path, source.prefix))
+        return ShardedBlocks(
+            source.path,
+            config.block_size,
+            self.seed,
+            prefix=source.prefix,
+            vocab_size=config.vocab_size,
+            listing=listing,
+        )
+
+    def training_loader(
+        self,
+        config: Config,
+        plan: StagePlan,
+        rank: int,
+        world_size: int,
+        listings: dict[tuple[Path, str], SourceListing] | None = None,
+    ) -> BlockLoader:
         """Rank ``rank``'s loader over the training sources, with the plan's batch sizes and mixtures."""
         return create_loader(
-            [self.data_source(config, source.path, source.prefix) for source in self.train_data],
+            [self.data_source(config, source, listings) for source in self.train_data],
             config.block_size,
             self.micro_batch_size,
             global_batch_size=plan.global_batch_size,
@@ -301,11 +325,17 @@ class RunConfig:
             raise InvalidInput(f"--val_data needs distinct names, one per directory; got {names}")
         return list(self.val_data)
 
-    def validation_loaders(self, config: Config, rank: int, world_size: int) -> dict[str, BlockLoader]:
+    def validation_loaders(
+        self,
+        config: Config,
+        rank: int,
+        world_size: int,
+        listings: dict[tuple[Path, str], SourceListing] | None = None,
+    ) -> dict[str, BlockLoader]:
         """Per validation set, one pass over it split across ranks."""
         return {
             source.name: create_loader(
-                [self.data_source(config, source.path, source.prefix)],
+                [self.data_source(config, source, listings)],
                 config.block_size,
                 self.micro_batch_size,
                 seed=self.seed,

@@ -49,6 +49,7 @@ from lit_gpt.hub import go_offline_without_hub
 from lit_gpt.model import check_state_dict
 from lit_gpt.monitor import MetricLogger, SourceTokens, Throughput, create_loggers, format_eta
 from lit_gpt.preemption import StopRequest, exit_status, requeue, slurm_job
+from lit_gpt.rank_zero import computed_on_rank_0
 from lit_gpt.run import RunConfig
 from lit_gpt.schedule import StagePlan
 from lit_gpt.spikes import SpikeGuard
@@ -160,13 +161,15 @@ def say(fabric: L.Fabric, message: str) -> None:
 
 
 def main(fabric: L.Fabric, run: RunConfig) -> None:
+    started = time.perf_counter()
     stop = StopRequest()
     stop.install()  # from here on a signal stops the run at the next step boundary, with a checkpoint
     config = run.model()
     world, rank = fabric.world_size, fabric.global_rank
     plan = run.stage_plan(config, world)
-    train_loader = run.training_loader(config, plan, rank, world)
-    val_loaders = run.validation_loaders(config, rank, world)
+    listings = computed_on_rank_0(fabric, run.listings)  # the directories and indexes: read once per job
+    train_loader = run.training_loader(config, plan, rank, world, listings)
+    val_loaders = run.validation_loaders(config, rank, world, listings)
     val_sources = [source for loader in val_loaders.values() for source in loader.dataset.sources]
     run.check_tokenizer(config, train_loader.dataset.sources + val_sources)
     benchmarks = task_evaluator(run, config)
@@ -176,15 +179,8 @@ def main(fabric: L.Fabric, run: RunConfig) -> None:
     names = [source.name for source in run.train_data]
     fingerprint = {name: blocks.fingerprint() for name, blocks in zip(names, train_loader.dataset.sources, strict=True)}
     resume_from = claim_out_dir(fabric, run)
-    refusal = None
-    if rank == 0:
-        try:
-            count_start(run.out_dir, resume_from, run.max_restarts_without_progress, relaunched())
-        except InvalidInput as error:
-            refusal = str(error)
-    refusal = fabric.broadcast(refusal)
-    if refusal is not None:
-        raise InvalidInput(refusal)
+    restarts = run.max_restarts_without_progress
+    computed_on_rank_0(fabric, lambda: count_start(run.out_dir, resume_from, restarts, relaunched()))
     if rank == 0:
         run.out_dir.mkdir(parents=True, exist_ok=True)
         say(fabric, f"Model {config.name}: {config.to_dict()}")
@@ -228,7 +224,11 @@ def main(fabric: L.Fabric, run: RunConfig) -> None:
         train_loader.load_state_dict(state["data"])
         guard.load_state_dict(state["spike_guard"])
         step = state["step"]
-        say(fabric, f"Resumed from {resume_from} at step {step:,} ({plan.tokens_before(step):,} tokens)")
+        say(
+            fabric,
+            f"Resumed from {resume_from} at step {step:,} ({plan.tokens_before(step):,} tokens) in "
+            f"{time.perf_counter() - started:.2f} s (data listings, model, checkpoint)",
+        )
         if step >= plan.max_steps:
             say(
                 fabric,

@@ -17,12 +17,14 @@ Preparation writes ``{split}_{source}_{machine}.index.json`` for the shards its 
 machines fill one directory without sharing a file); ``scripts/index_shards.py`` writes ``index.json``
 for shards made elsewhere. A directory's index is the union of its index files.
 
-The fingerprint of a data source -- its shard names and token counts and their digest -- goes into
-every checkpoint, so that a resume on other data is noticed and explained.
+The fingerprint of a data source -- the digest of its shard names and token counts -- goes into every
+checkpoint, so that a resume on other data is noticed; the names and counts themselves go once per run
+into the run's manifests, so that the change can be explained.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import multiprocessing
@@ -227,15 +229,22 @@ def read_directory_index(
 
 @dataclass
 class Fingerprint:
-    """What a data source held when a checkpoint was written: shard names and token counts, and their digest."""
+    """What a data source holds: its shard names and token counts, and their digest.
+
+    A checkpoint records the :meth:`summary` (digest and totals: a few bytes, whatever the shard count);
+    the full lists go once per run into a manifest named by the digest, read only to explain a change.
+    """
 
     names: list[str]
     tokens: list[int]
 
-    @property
+    @functools.cached_property
     def digest(self) -> str:
         lines = "".join(f"{name}\t{count}\n" for name, count in zip(self.names, self.tokens, strict=True))
         return hashlib.sha256(lines.encode()).hexdigest()
+
+    def summary(self) -> dict:
+        return {"digest": self.digest, "shards": len(self.names), "tokens": sum(self.tokens)}
 
     def to_dict(self) -> dict:
         return {"digest": self.digest, "names": self.names, "tokens": self.tokens}

@@ -21,6 +21,7 @@ import functools
 import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -46,13 +47,58 @@ BatchSchedule = int | Callable[[int], int]
 DRAWS_PER_CHUNK = 4096
 
 
+@dataclass
+class SourceListing:
+    """What start-up learns about a data source without opening its shards: its shards' table (in name
+    order) and the tokenizer digest of each index file. Read once per job and broadcast (``pretrain``),
+    so that 64 ranks do not list and parse one directory 64 times."""
+
+    table: ShardTable
+    tokenizer_digests: dict[str, str]
+
+
+def read_listing(directory: Path, prefix: str = "") -> SourceListing:
+    """The source's shards in name order, from the index where it has them, else from their headers."""
+    if not directory.is_dir():
+        raise MissingInput(f"Dataset directory {directory} does not exist")
+    listing = os.listdir(directory)
+    shards = shard_names(listing, prefix)
+    if not shards:
+        named = f" {prefix}*.bin" if prefix else " .bin"
+        raise MissingInput(f"Dataset directory {directory} holds no{named} shards")
+    indexed, tokenizer_digests = read_directory_index(
+        directory, [n for n in listing if n.endswith(".json") and is_index_file(n)], prefix
+    )
+    if indexed.names == shards:  # the usual case: one index, in name order, of every shard
+        return SourceListing(indexed, tokenizer_digests)
+    stale = sorted(set(indexed.names).difference(shards))
+    if stale:
+        raise InvalidInput(
+            f"{directory}: the index lists {len(stale):,} shard(s) that are not there (e.g. {stale[0]}); "
+            f"rebuild it with: python scripts/index_shards.py --directory {directory}"
+        )
+    rows = {name: i for i, name in enumerate(indexed.names)}
+    unindexed = [name for name in shards if name not in rows]
+    if unindexed:
+        warnings.warn(
+            f"{directory}: {len(unindexed):,} of {len(shards):,} shards are not in an index, so their "
+            "headers are read at every start; `python scripts/index_shards.py --directory "
+            f"{directory}` makes the start instant",
+            stacklevel=3,
+        )
+        rows.update({name: len(indexed) + i for i, name in enumerate(unindexed)})
+        indexed = ShardTable.concatenate([indexed, header_table(directory, unindexed)])
+    return SourceListing(indexed.take([rows[name] for name in shards]), tokenizer_digests)
+
+
 class ShardedBlocks:
     """The blocks of one data source -- a directory's shards, or those whose names start with ``prefix``
     -- and their shuffled order in each epoch.
 
-    Start-up reads one directory listing and the directory's index files; a shard is opened when a
-    block is first read from it, and its content checked then (lit_gpt/data/integrity.py): a bad copy,
-    a replaced file or bit rot is refused, naming the shard. Shards missing from the index are read by
+    Start-up reads one directory listing and the directory's index files (:func:`read_listing`, or the
+    ``listing`` read by another rank); a shard is opened when a block is first read from it, and its
+    content checked then (lit_gpt/data/integrity.py): a bad copy, a replaced file or bit rot is refused,
+    naming the shard. Shards missing from the index are read by
     header (with a warning). With ``vocab_size``, a shard whose indexed largest id is too large is refused
     at start-up, and one without an indexed checksum has its largest id checked when it is opened.
     """
@@ -65,12 +111,12 @@ class ShardedBlocks:
         window: int = 8,
         prefix: str = "",
         vocab_size: int | None = None,
+        listing: SourceListing | None = None,
     ) -> None:
         self.directory, self.prefix, self.vocab_size = Path(directory), prefix, vocab_size
         self.block_tokens, self.seed, self.window = block_size + 1, seed, window
-        if not self.directory.is_dir():
-            raise MissingInput(f"Dataset directory {self.directory} does not exist")
-        table = self._read_table()
+        listing = listing or read_listing(self.directory, prefix)
+        table, self.tokenizer_digests = listing.table, listing.tokenizer_digests
         self.names, self.counts, self.max_ids = table.names, table.tokens, table.max_ids
         self.checks = ShardChecks(self.directory, self.names, table.checksums, vocab_size)
         self.dtype = np.dtype(table.dtypes[0])
@@ -101,37 +147,6 @@ class ShardedBlocks:
                 stacklevel=2,
             )
         self._make_caches()
-
-    def _read_table(self) -> ShardTable:
-        """The source's shards in name order, from the index where it has them, else from their headers."""
-        listing = os.listdir(self.directory)
-        shards = shard_names(listing, self.prefix)
-        if not shards:
-            named = f" {self.prefix}*.bin" if self.prefix else " .bin"
-            raise MissingInput(f"Dataset directory {self.directory} holds no{named} shards")
-        indexed, self.tokenizer_digests = read_directory_index(
-            self.directory, [n for n in listing if n.endswith(".json") and is_index_file(n)], self.prefix
-        )
-        if indexed.names == shards:  # the usual case: one index, in name order, of every shard
-            return indexed
-        stale = sorted(set(indexed.names).difference(shards))
-        if stale:
-            raise InvalidInput(
-                f"{self.directory}: the index lists {len(stale):,} shard(s) that are not there (e.g. {stale[0]}); "
-                f"rebuild it with: python scripts/index_shards.py --directory {self.directory}"
-            )
-        rows = {name: i for i, name in enumerate(indexed.names)}
-        unindexed = [name for name in shards if name not in rows]
-        if unindexed:
-            warnings.warn(
-                f"{self.directory}: {len(unindexed):,} of {len(shards):,} shards are not in an index, so their "
-                "headers are read at every start; `python scripts/index_shards.py --directory "
-                f"{self.directory}` makes the start instant",
-                stacklevel=3,
-            )
-            rows.update({name: len(indexed) + i for i, name in enumerate(unindexed)})
-            indexed = ShardTable.concatenate([indexed, header_table(self.directory, unindexed)])
-        return indexed.take([rows[name] for name in shards])
 
     def fingerprint(self) -> Fingerprint:
         return Fingerprint(list(self.names), self.counts.tolist())

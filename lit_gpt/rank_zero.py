@@ -1,0 +1,30 @@
+"""Work that one rank does for the whole job: reading what every rank needs from a shared filesystem once.
+
+With 64 ranks, a file that each rank reads at start-up is read 64 times, all at once, from the same
+server; read by global rank 0 and broadcast over the process group, it is read once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from lit_gpt.errors import UserError
+
+T = TypeVar("T")
+
+
+def computed_on_rank_0(fabric: Any, compute: Callable[[], T]) -> T:
+    """``compute()`` run by global rank 0 alone, its result given to every rank. A ``UserError`` it raises
+    is raised on every rank (the same one line); any other exception is a bug and stays on rank 0, whose
+    exit ends the job."""
+    result, error = None, None
+    if fabric.global_rank == 0:
+        try:
+            result = compute()
+        except UserError as raised:
+            error = raised
+    result, error = fabric.broadcast((result, error))
+    if error is not None:
+        raise error
+    return result
