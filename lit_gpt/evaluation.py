@@ -104,17 +104,21 @@ class GPTEvalModel(TemplateLM):
 
     def _score_batch(self, windows: list[tuple[list[int], int]], ids: list[int]) -> dict[int, tuple[float, bool]]:
         """One forward pass over a right-padded batch (a single token when this rank has nothing left,
-        as every rank must take part in each pass of a sharded model)."""
+        as every rank must take part in each pass of a sharded model), with logits at the continuations'
+        positions only."""
         length = max((len(tokens) - 1 for tokens, _ in windows), default=1)
         inputs = torch.zeros(max(len(windows), 1), length, dtype=torch.long)
-        for row, (tokens, _) in enumerate(windows):
+        scored = torch.zeros(inputs.shape, dtype=torch.bool)
+        for row, (tokens, count) in enumerate(windows):
             inputs[row, : len(tokens) - 1] = torch.tensor(tokens[:-1])
-        log_probs = self.model(inputs.to(self.model_device)).float().log_softmax(dim=-1).cpu()
-        scores = {}
-        for row, ((tokens, count), request) in enumerate(zip(windows, ids, strict=True)):
-            end = len(tokens) - 1
-            targets = torch.tensor(tokens[end - count + 1 :] if count else [], dtype=torch.long)
-            picked = log_probs[row, end - count : end]
+            scored[row, len(tokens) - 1 - count : len(tokens) - 1] = True
+        device = self.model_device
+        log_probs = self.model(inputs.to(device), logits_at=scored.to(device)).float().log_softmax(dim=-1).cpu()
+        scores, start = {}, 0
+        for (tokens, count), request in zip(windows, ids, strict=True):
+            targets = torch.tensor(tokens[len(tokens) - count :], dtype=torch.long)
+            picked = log_probs[start : start + count]
+            start += count
             total = float(picked.gather(1, targets[:, None]).sum()) if count else 0.0
             scores[request] = (total, bool((picked.argmax(dim=-1) == targets).all()))
         return scores

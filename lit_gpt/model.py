@@ -76,6 +76,7 @@ class GPT(nn.Module):
         targets: torch.Tensor | None = None,
         z_loss: float = 0.0,
         bos_id: int | None = None,
+        logits_at: torch.Tensor | None = None,
     ) -> torch.Tensor | kernels.LossTerms:
         """Logits (B, T, padded_vocab_size) for token ids ``idx`` (B, T), or with ``targets`` the loss.
 
@@ -88,6 +89,10 @@ class GPT(nn.Module):
         of its own document, a document starting at every ``bos_id`` (``kernels.document_ids``). The
         rotary positions need not restart at each document: RoPE's scores depend on the distance between
         two positions only, so a document scores alike wherever it sits in the block.
+
+        ``logits_at``, a boolean (B, T) mask, returns the logits of those positions only, as (N, V) rows in
+        row-major order: scoring a continuation needs its own positions, and the output layer (the
+        largest matmul of a small model) then runs on those alone.
         """
         T = idx.shape[1]
         if input_pos is None:
@@ -110,7 +115,7 @@ class GPT(nn.Module):
         x = self.transformer.ln_f(x)
         if targets is not None:
             return self.head_loss(x, self.lm_head.weight, targets, z_loss=z_loss)
-        return self.lm_head(x)
+        return self.lm_head(x if logits_at is None else x[logits_at])
 
     def set_kv_cache(self, batch_size: int, max_seq_length: int | None = None) -> None:
         """Allocate a key/value cache in every block, on the model's device and dtype, for decoding."""

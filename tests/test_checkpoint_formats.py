@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -22,8 +23,8 @@ FORMATS = sorted(int(path.name.removeprefix("format-")) for path in FIXTURES.glo
 SCRIPT = REPO_ROOT / "pretrain" / "tinyllama.py"
 
 
-def resume(checkpoint: Path, out_dir: Path) -> subprocess.CompletedProcess:
-    args = [*training_args(FIXTURES / "data", out_dir), "--resume", str(checkpoint)]
+def resume(checkpoint: Path, out_dir: Path, data: Path = FIXTURES / "data") -> subprocess.CompletedProcess:
+    args = [*training_args(data, out_dir), "--resume", str(checkpoint)]
     return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=600)
 
 
@@ -80,3 +81,34 @@ def test_without_its_migration_a_format_is_refused(monkeypatch):
     monkeypatch.delitem(MIGRATIONS, 2)
     with pytest.raises(ValueError, match="format 2, which this code cannot migrate to format"):
         migrate(meta, Path("ckpt"))
+
+
+def grown_data(tmp_path: Path) -> Path:
+    """The fixtures' data with one more shard in source a."""
+    from lit_gpt.data.index import index_directory
+    from lit_gpt.data.shards import write_shard
+
+    data = tmp_path / "data"
+    shutil.copytree(FIXTURES / "data", data)
+    write_shard(data / "a" / "train_a_0_0000000009.bin", np.arange(17 * 4, dtype=np.uint16))
+    index_directory(data / "a")
+    return data
+
+
+def test_a_format_4_checkpoint_on_changed_data_names_the_shards_from_its_own_list(tmp_path):
+    checkpoint = FIXTURES / "format-4" / f"step-{SAVED_AT:08d}"
+    assert "names" in json.loads((checkpoint / "data_fingerprint.json").read_text())["a"]
+    result = resume(checkpoint, tmp_path / "out", grown_data(tmp_path))
+    assert_refused(result, "Training source 'a' changed", "1 shard(s) added (e.g. train_a_0_0000000009.bin)")
+
+
+def test_without_the_runs_manifest_a_change_is_told_by_its_counts(tmp_path):
+    """A format-5 checkpoint keeps digests and totals only; copied away from its run's data_manifests, a
+    change is still refused, with the counts then and now and the manifest it would have named."""
+    checkpoint = tmp_path / "copied" / f"step-{SAVED_AT:08d}"
+    shutil.copytree(FIXTURES / "format-5" / checkpoint.name, checkpoint)
+    recorded = json.loads((checkpoint / "data_fingerprint.json").read_text())
+    assert set(recorded["a"]) == {"digest", "shards", "tokens"}
+    result = resume(checkpoint, tmp_path / "out", grown_data(tmp_path))
+    manifest = checkpoint.parent / "data_manifests" / f"{recorded['a']['digest']}.json"
+    assert_refused(result, "Training source 'a' changed", "2 shards of 816 tokens then, 3 of 884 now", str(manifest))

@@ -67,6 +67,16 @@ def test_loss_with_targets_equals_cross_entropy_of_the_logits():
         torch.testing.assert_close(fused_grad, p.grad, atol=1e-6, rtol=1e-5)
 
 
+def test_logits_at_some_positions_are_those_rows_of_the_full_logits():
+    model = GPT(GQA).eval()
+    idx = torch.randint(0, GQA.vocab_size, (3, 9))
+    chosen = torch.zeros(3, 9, dtype=torch.bool)
+    chosen[0, 2:5] = chosen[2, 8] = True
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx, logits_at=chosen), model(idx)[chosen])
+        assert model(idx, logits_at=torch.zeros_like(chosen)).shape == (0, GQA.padded_vocab_size)
+
+
 def test_name_map_round_trips():
     state_dict = GPT(GQA).state_dict()
     back = hf_to_lit(lit_to_hf(state_dict, GQA), GQA)

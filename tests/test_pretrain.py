@@ -626,3 +626,32 @@ def test_tokens_per_source_are_logged_exactly_and_continue_across_a_resume_on_an
         share = {name: (after[name] - before[name]) / 256 for name in ("a", "b")}
         line = next(line for line in output.splitlines() if line.startswith(f"step {step:>7,}/"))
         assert line.endswith(f"| mix a {share['a']:.1%} b {share['b']:.1%}"), line
+
+
+def test_a_resume_reads_the_data_listings_and_fingerprints_once_per_job(data, tmp_path):
+    """On 2 processes, traced by scripts/trace_files.py: rank 0 alone lists the data directories and reads
+    their indexes and the checkpoint's data fingerprint; rank 1 opens only the shards it trains on and
+    its part of the checkpoint. The checkpoint holds digests and totals, the shard lists are in the run's
+    manifests (one per source)."""
+    out = tmp_path / "out"
+    run(train_args(data, out, "--max_steps", "2", "--save_interval", "2", "--devices", "2"), launcher=torchrun(2))
+    recorded = json.loads((out / "step-00000002" / "data_fingerprint.json").read_text())
+    assert {name: set(entry) for name, entry in recorded.items()} == {n: {"digest", "shards", "tokens"} for n in "ab"}
+    manifests = {path.stem for path in (out / "data_manifests").glob("*.json")}
+    assert manifests == {recorded["a"]["digest"], recorded["b"]["digest"]}
+
+    traced = [str(REPO_ROOT / "scripts" / "trace_files.py"), "--out", str(tmp_path / "traces")]
+    traced += ["--under", str(data), "--under", str(out), "--", str(SCRIPT)]
+    command = [*torchrun(2), *traced, *train_args(data, out, "--max_steps", "4", "--devices", "2")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0 and "at step 2" in result.stdout, result.stderr[-3000:]
+    events = {rank: json.loads((tmp_path / "traces" / f"rank-{rank}.json").read_text()) for rank in (0, 1)}
+    sources = [data / name for name in ("a", "b", "val")]  # (out is in data's folder too)
+    for rank, expected in ((0, 1), (1, 0)):
+        listed = [Path(event["list"]) for event in events[rank] if "list" in event]
+        opened = [Path(event["open"]) for event in events[rank] if "open" in event]
+        assert sorted(path for path in listed if path in sources) == sorted(sources * expected)
+        assert sum(path.suffix == ".json" and path.parent in sources for path in opened) == 3 * expected
+        assert sum(path.name == "data_fingerprint.json" for path in opened) == expected
+        assert not any(path.parent.name == "data_manifests" for path in opened)  # the digests are equal
+        assert any(path.suffix == ".bin" for path in opened) and any(path.suffix == ".distcp" for path in opened)
