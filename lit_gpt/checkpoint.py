@@ -63,9 +63,13 @@ def complete_checkpoints(out_dir: Path) -> list[Path]:
 
 
 def remove_run(out_dir: Path) -> list[str]:
-    """Delete a run's checkpoints (complete or not) and logs from ``out_dir``; returns what was removed."""
+    """Delete a run's checkpoints (complete or not), logs and data manifests from ``out_dir``; returns what
+    was removed, the manifests (which only explain the checkpoints) last."""
     removed = []
-    for path in sorted(out_dir.iterdir()) if out_dir.is_dir() else []:
+    found = (
+        sorted(out_dir.iterdir(), key=lambda path: (path.name == DATA_MANIFESTS, path.name)) if out_dir.is_dir() else []
+    )
+    for path in found:
         if not (CHECKPOINT_PATTERN.match(path.name.removeprefix(".tmp-")) or path.name in RUN_FILES):
             continue
         if path.is_dir():

@@ -16,7 +16,7 @@
     first epoch (every shard checked as it is first opened) and the later ones: target >= 0.95;
 (i) a tiny model's resume on the 406,000 indexed sparse shards of (e), on 1 process and on 16 (gloo, all on
     this machine): the start-up to the resumed step (training's "Resumed ... in S s") and what each rank
-    reads from the data directories and the checkpoint (scripts/trace_files.py); target < 2 s and no
+    reads from the data directories and the checkpoint (lit_gpt/file_trace.py); target < 2 s and no
     per-rank reads proportional to the shard count beyond one index read per job; and the checkpoint's
     non-tensor files: target < 1 MB.
 
@@ -308,11 +308,11 @@ class ResumeRun:
     def resume(self, processes: int) -> tuple[float, list[list[dict]]]:
         """Training's "Resumed ... in S s" on ``processes`` ranks, and what each rank opened and listed."""
         traces = self.root / f"traces-{processes}"
-        traced = [str(REPO / "scripts" / "trace_files.py"), "--out", str(traces)]
+        traced = ["-m", "lit_gpt.file_trace", "--out", str(traces)]
         traced += ["--under", str(self.directories[0].parent), "--under", str(self.checkpoint), "--", SCRIPT]
         launcher = [sys.executable]
         if processes > 1:
-            launcher += ["-m", "torch.distributed.run", "--nproc_per_node", str(processes)]
+            launcher += ["-m", "torch.distributed.run", "--nproc_per_node", str(processes)]  # then its own -m
         out = self.root / f"resumed-{processes}"
         resume = ["--max_steps", "2", "--resume", str(self.checkpoint)]
         output = subprocess.run(

@@ -629,7 +629,7 @@ def test_tokens_per_source_are_logged_exactly_and_continue_across_a_resume_on_an
 
 
 def test_a_resume_reads_the_data_listings_and_fingerprints_once_per_job(data, tmp_path):
-    """On 2 processes, traced by scripts/trace_files.py: rank 0 alone lists the data directories and reads
+    """On 2 processes, traced by lit_gpt/file_trace.py: rank 0 alone lists the data directories and reads
     their indexes and the checkpoint's data fingerprint; rank 1 opens only the shards it trains on and
     its part of the checkpoint. The checkpoint holds digests and totals, the shard lists are in the run's
     manifests (one per source)."""
@@ -640,7 +640,7 @@ def test_a_resume_reads_the_data_listings_and_fingerprints_once_per_job(data, tm
     manifests = {path.stem for path in (out / "data_manifests").glob("*.json")}
     assert manifests == {recorded["a"]["digest"], recorded["b"]["digest"]}
 
-    traced = [str(REPO_ROOT / "scripts" / "trace_files.py"), "--out", str(tmp_path / "traces")]
+    traced = ["-m", "lit_gpt.file_trace", "--out", str(tmp_path / "traces")]
     traced += ["--under", str(data), "--under", str(out), "--", str(SCRIPT)]
     command = [*torchrun(2), *traced, *train_args(data, out, "--max_steps", "4", "--devices", "2")]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
