@@ -608,7 +608,9 @@ def recount_source_tokens(documents: Path, steps: int) -> list[dict[str, int]]:
     return counts
 
 
-def test_tokens_per_source_are_logged_exactly_and_continue_across_a_resume_on_another_world(documents, tmp_path):
+def test_tokens_per_source_are_logged_exactly_and_continue_across_a_resume_on_another_world(
+    documents, tmp_path, no_process_left
+):
     expected = recount_source_tokens(documents, 6)
     out = tmp_path / "out"
     first = run(
@@ -628,7 +630,7 @@ def test_tokens_per_source_are_logged_exactly_and_continue_across_a_resume_on_an
         assert line.endswith(f"| mix a {share['a']:.1%} b {share['b']:.1%}"), line
 
 
-def test_a_resume_reads_the_data_listings_and_fingerprints_once_per_job(data, tmp_path):
+def test_a_resume_reads_the_data_listings_and_fingerprints_once_per_job(data, tmp_path, no_process_left):
     """On 2 processes, traced by lit_gpt/file_trace.py: rank 0 alone lists the data directories and reads
     their indexes and the checkpoint's data fingerprint; rank 1 opens only the shards it trains on and
     its part of the checkpoint. The checkpoint holds digests and totals, the shard lists are in the run's
