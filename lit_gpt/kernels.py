@@ -349,6 +349,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
     tensors of that size and one pass over each. The z-loss ``z_loss x logsumexp(logits)^2`` (which keeps
     the softmax normaliser near 1, against bf16 drift) adds ``2 z_loss x logsumexp x softmax`` to the
     gradient of the logits: the same pass, no extra memory.
+
+    Where the time goes (``scripts/benchmark_train.py``): the three matrix multiplies per chunk. So every
+    chunk reuses one logits buffer (a fresh 32-64 MB tensor per chunk costs page faults that slowed the
+    forward product by a third on a CPU), the softmax is one fused kernel (written over the logits when
+    they are fp32), the logsumexp comes from it (``max - log(max softmax)``: no separate pass that
+    exponentiates), and the weight gradient is accumulated by the matrix multiply itself (``addmm_``).
     """
 
     @staticmethod
@@ -365,27 +371,35 @@ class _LinearCrossEntropy(torch.autograd.Function):
         safe_targets = targets.masked_fill(~valid, 0)
         needs_x, needs_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_x = torch.empty_like(x) if needs_x else None
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if needs_weight else None
+        grad_weight = torch.empty(weight.shape, dtype=torch.float32, device=weight.device) if needs_weight else None
         total = torch.zeros((), dtype=torch.float32, device=x.device)
         z_total = torch.zeros((), dtype=torch.float32, device=x.device)
+        logits_buffer = x.new_empty(min(chunk_rows, x.shape[0]), weight.shape[0])
+        softmax_buffer = (
+            logits_buffer if x.dtype == torch.float32 else torch.empty_like(logits_buffer, dtype=torch.float32)
+        )
         for start in range(0, x.shape[0], chunk_rows):
             rows = slice(start, start + chunk_rows)
-            logits = (x[rows] @ weight.T).float()
-            lse = torch.logsumexp(logits, dim=-1)
-            log_probs = logits.sub_(lse[:, None])
-            picked = log_probs.gather(1, safe_targets[rows, None]).squeeze(1)
-            total -= (picked * valid[rows]).sum()
+            n = min(chunk_rows, x.shape[0] - start)
+            logits = torch.mm(x[rows], weight.T, out=logits_buffer[:n])
+            largest = logits.amax(-1).float()
+            picked = logits.gather(1, safe_targets[rows, None]).squeeze(1).float()
+            softmax = torch.softmax(logits, -1, dtype=torch.float32, out=softmax_buffer[:n])
+            lse = largest - softmax.amax(-1).log()  # the largest probability is >= 1/V: no underflow
+            total += ((lse - picked) * valid[rows]).sum()
             z_total += (lse.square() * valid[rows]).sum()
-            if needs_x or needs_weight:
-                grad = log_probs.exp_()  # d loss_row / d logits = softmax (1 + 2 z_loss lse) - one_hot
-                if z_loss:
-                    grad.mul_(1 + 2 * z_loss * lse[:, None])
-                grad.scatter_add_(1, safe_targets[rows, None], torch.full_like(grad[:, :1], -1.0))
-                grad = grad.mul_(valid[rows, None]).to(x.dtype)
-                if needs_x:
-                    grad_x[rows] = grad @ weight
-                if needs_weight:
-                    grad_weight += (grad.T @ x[rows]).float()
+            if not (needs_x or needs_weight):
+                continue
+            grad = softmax  # d loss_row / d logits = softmax (1 + 2 z_loss lse) - one_hot
+            if z_loss:
+                grad.mul_(1 + 2 * z_loss * lse[:, None])
+            grad.scatter_add_(1, safe_targets[rows, None], torch.full_like(grad[:, :1], -1.0))
+            grad = grad.to(x.dtype)
+            keep = valid[rows, None].to(x.dtype)  # ignored rows: zeroed in the (n, d) factors, not in (n, V)
+            if needs_x:
+                torch.mm(grad, weight, out=grad_x[rows]).mul_(keep)
+            if needs_weight:
+                _accumulate_product(grad_weight, grad.T, x[rows] * keep, first=start == 0)
         count = valid.sum()
         ctx.save_for_backward(count, *(g for g in (grad_x, grad_weight) if g is not None))
         ctx.weight_dtype, ctx.has = weight.dtype, (needs_x, needs_weight)
@@ -405,9 +419,22 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return grad_x, grad_weight, None, None, None, None
 
 
+def _accumulate_product(total: torch.Tensor, a: torch.Tensor, b: torch.Tensor, first: bool) -> None:
+    """``total (+)= a @ b`` in total's dtype (fp32): in the multiply itself where the operands are fp32 too."""
+    if a.dtype != total.dtype:
+        product = (a @ b).to(total.dtype)
+        total.copy_(product) if first else total.add_(product)
+    elif first:
+        torch.mm(a, b, out=total)
+    else:
+        total.addmm_(a, b)
+
+
 def default_chunk_rows(vocab_size: int) -> int:
-    """Rows per chunk of the loss: about 8M logits (32 MB in fp32), small temporaries, large matmuls."""
-    return max(1, (1 << 23) // vocab_size)
+    """Rows per chunk of the loss: about 16M logits (64 MB in fp32), in a multiple of 64 rows. Chunks of
+    half that ran the output projection 10% slower on a CPU (``benchmark_train.py --loss true``); the
+    multiple of 64 suits the matrix multiply's blocking (262 rows measured slower than 256)."""
+    return max(64, (1 << 24) // vocab_size // 64 * 64)
 
 
 def linear_cross_entropy(

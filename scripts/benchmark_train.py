@@ -1,4 +1,5 @@
-"""Training-step throughput and peak memory: our GPT against transformers' LlamaForCausalLM.
+"""Training-step throughput, peak memory and distance to the matmul ceiling: our GPT against
+transformers' LlamaForCausalLM.
 
 Both models get the same config, weights shape, batch, precision, optimizer (AdamW) and thread count;
 each measurement runs in its own process so that peak memory (CUDA peak allocation, or peak RSS on a
@@ -7,6 +8,7 @@ are the CPU comparison of the issue tracker: 4 layers, n_embd 256, 8 heads, 2 qu
 intermediate 704, vocabulary 32000, sequence 256, micro-batch 8, fp32, 2 threads.
 
     python scripts/benchmark_train.py                      # CPU, eager and compiled, with ratios
+    python scripts/benchmark_train.py --profile true       # and where each step's time goes
     python scripts/benchmark_train.py --model_name tiny_LLaMA_1b --model_config '{}' --seq_len 2048 \
         --precision bf16-true --devices cuda \
         --modes '[eager, compile, compile+selective]'      # a GPU: tokens/s per GPU, MFU, peak memory
@@ -18,6 +20,10 @@ only, transformers has no such mode). The optimizer is fused AdamW for both mode
 ``--document_mask true`` the batch holds documents of ``document_tokens`` tokens on average (each
 starting with BOS, id 1) and our model is timed without and with the mask (``--document_mask`` of
 training) on the same batch.
+
+Every run first times the step's ceiling (:func:`gemm_ceiling`: its matrix multiplies alone, at full
+batch, plus the attention kernel) and prints each step as a fraction of it: what is left to gain by
+anything other than faster matrix multiplies.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import resource
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -60,6 +67,7 @@ def measure(
     steps: int,
     warmup: int,
     document_tokens: int | None = None,
+    profile: bool = False,
 ) -> dict:
     """Run training steps in this process and return tokens/s and peak memory in bytes. ``which`` is
     ours, ours+mask (attention inside documents) or transformers; ``document_tokens``: BOS on average
@@ -108,7 +116,118 @@ def measure(
         if peak_flops_per_s
         else None
     )
-    return {"tokens_per_s": tokens_per_s, "peak_memory": peak, "mfu": mfu}
+    result = {"tokens_per_s": tokens_per_s, "peak_memory": peak, "mfu": mfu}
+    return result | ({"profile": profiled(step, steps, device)} if profile else {})
+
+
+MATMULS = ("aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::baddbmm")
+
+
+def profiled(step, steps: int, device: str, listed: int = 6) -> dict:
+    """Where a step's time goes, by torch.profiler over ``steps`` more steps: milliseconds per step in
+    matrix multiplies, in attention kernels and in everything else, with the largest of the rest."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+    own: Counter[str] = Counter()
+    for event in prof.key_averages():
+        name = "compiled kernels" if event.key.startswith("## Call CompiledFxGraph") else event.key
+        if name.startswith("autograd::engine::evaluate_function"):
+            name = "autograd engine"
+        own[name] += (event.self_device_time_total if device == "cuda" else event.self_cpu_time_total) / steps / 1e3
+    kinds: Counter[str] = Counter()
+    for name, ms in own.items():
+        kinds[operation_kind(name)] += ms
+    rest = sorted((ms, name) for name, ms in own.items() if operation_kind(name) == "rest")
+    return {kind: kinds[kind] for kind in ("matmuls", "attention", "rest")} | {
+        "largest": [(name, ms) for ms, name in reversed(rest[-listed:])]
+    }
+
+
+def operation_kind(name: str) -> str:
+    """matmuls, attention or rest: the profiler name of a CPU operation or a CUDA kernel, by its name."""
+    if name in MATMULS or "gemm" in name.lower():
+        return "matmuls"
+    if "attention" in name or "flash" in name:
+        return "attention"
+    return "rest"
+
+
+def linear_shapes(config: Config) -> list[tuple[int, int]]:
+    """(in, out) features of every linear layer of one model, the output projection last."""
+    qkv = (config.n_head + 2 * config.n_query_groups) * config.head_size
+    per_layer = [
+        (config.n_embd, qkv),
+        (config.n_head * config.head_size, config.n_embd),
+        (config.n_embd, config.intermediate_size),
+        (config.n_embd, config.intermediate_size),
+        (config.intermediate_size, config.n_embd),
+    ]
+    return per_layer * config.n_layer + [(config.n_embd, config.padded_vocab_size)]
+
+
+def fastest(work, device: str, repeats: int) -> float:
+    """Seconds of the fastest of ``repeats`` calls, after one untimed call."""
+    work()
+    best = math.inf
+    for _ in range(repeats):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        work()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def linear_seconds(rows: int, n_in: int, n_out: int, dtype: torch.dtype, device: str, repeats: int) -> float:
+    """Seconds of one linear layer's three products (forward, input and weight gradients), each fastest of
+    ``repeats``, into preallocated outputs."""
+    x = torch.randn(rows, n_in, device=device, dtype=dtype)
+    w = torch.randn(n_out, n_in, device=device, dtype=dtype)
+    g = torch.randn(rows, n_out, device=device, dtype=dtype)
+    y, gx, gw = torch.empty_like(g), torch.empty_like(x), torch.empty_like(w)
+    products = (
+        lambda: torch.mm(x, w.T, out=y),
+        lambda: torch.mm(g, w, out=gx),
+        lambda: torch.mm(g.T, x, out=gw),
+    )
+    return sum(fastest(product, device, repeats) for product in products)
+
+
+def gemm_ceiling(config: Config, batch: int, seq_len: int, dtype: torch.dtype, device: str, repeats: int = 5) -> dict:
+    """Seconds per training step that its matrix multiplies alone take: the step's ceiling.
+
+    Each linear layer's three products (forward ``x W^T``, input gradient ``g W``, weight gradient
+    ``g^T x``) over all ``batch x seq_len`` rows at once, into preallocated outputs, fastest of
+    ``repeats``; plus the attention kernel (forward and backward; its products are inside it) at the
+    step's shapes. Whatever else a step spends (norms, activations, softmax, optimizer, allocation)
+    is the distance to this ceiling; the output projection is timed unchunked, so chunking it for
+    memory counts against the step.
+    """
+    rows = batch * seq_len
+    counts = Counter(linear_shapes(config))
+    gemms = sum(
+        count * linear_seconds(rows, n_in, n_out, dtype, device, repeats) for (n_in, n_out), count in counts.items()
+    )
+    q, k, v = (
+        torch.randn(batch, seq_len, heads, config.head_size, device=device, dtype=dtype, requires_grad=True)
+        for heads in (config.n_head, config.n_query_groups, config.n_query_groups)
+    )
+    grad_y = torch.randn_like(q)
+
+    def attention() -> None:
+        q.grad = k.grad = v.grad = None
+        kernels.attention(q, k, v).backward(grad_y)
+
+    attention_s = config.n_layer * fastest(attention, device, repeats)
+    return {"gemms": gemms, "attention": attention_s, "total": gemms + attention_s}
 
 
 def benchmark_loss(rows: int, n_embd: int, vocab_size: int, dtype: torch.dtype, device: str, steps: int) -> None:
@@ -160,6 +279,7 @@ def benchmark_train(
     loss: bool = False,
     document_mask: bool = False,
     document_tokens: int = 1024,
+    profile: bool = False,
 ) -> None:
     """Print tokens/s and peak memory for both models in each mode, and our/their ratios.
 
@@ -175,13 +295,15 @@ def benchmark_train(
         modes: eager, compile and/or compile+selective.
         steps: timed steps.
         warmup: untimed steps first (compilation happens there).
-        worker: internal: "ours:eager" etc. runs one measurement and prints it as JSON.
+        worker: internal: "ours:eager" etc. (or "ceiling") runs one measurement and prints it as JSON.
         loss: instead, time the training loss alone (output projection + cross-entropy, forward and
             backward, micro_batch_size x seq_len rows of n_embd): ours against PyTorch's chunked
             F.linear_cross_entropy, which lit_gpt.kernels uses where it measures at least as fast.
         document_mask: instead of transformers, time our model with the document mask (training's
             --document_mask) against ours without it, on the same batch.
         document_tokens: with document_mask, the mean document length (SlimPajama's is about 1,000).
+        profile: also profile each model's steps (torch.profiler) and print where their time goes:
+            matrix multiplies, attention kernels, the rest and its largest operations.
     """
     if loss:
         torch.set_num_threads(threads)
@@ -190,6 +312,10 @@ def benchmark_train(
         return
     overrides = CPU_COMPARISON if model_config is None else model_config
     config = Config.from_name(model_name, **{**overrides, "vocab_size": vocab_size, "block_size": max(seq_len, 16)})
+    if worker == "ceiling":
+        torch.set_num_threads(threads)
+        print(json.dumps(gemm_ceiling(config, micro_batch_size, seq_len, DTYPES[precision], devices)))
+        return
     if worker is not None:
         which, mode = worker.split(":")
         result = measure(
@@ -204,6 +330,7 @@ def benchmark_train(
             steps,
             warmup + (3 if mode.startswith("compile") else 0),
             document_tokens if document_mask else None,
+            profile,
         )
         print(json.dumps(result))
         return
@@ -214,19 +341,33 @@ def benchmark_train(
     if document_mask:
         attention = kernels.implementation("attention", devices, DTYPES[precision], documents=True)
         print(f"documents of {document_tokens} tokens on average; the mask's attention: {attention}")
+    ceiling = in_worker("ceiling")
+    step_tokens = micro_batch_size * seq_len
+    print(
+        f"ceiling (the step's matrix multiplies alone): {ceiling['total']:.3f} s per step = "
+        f"{step_tokens / ceiling['total']:,.0f} tokens/s (linear layers {ceiling['gemms']:.3f} s, "
+        f"attention kernel {ceiling['attention']:.3f} s)"
+    )
     for mode in modes or ["eager", "compile"]:
         results = {}
         compared = ("ours", "ours+mask") if document_mask else ("ours", "transformers")
         for which in compared if document_mask or "+" not in mode else ("ours",):
-            args = sys.argv[1:] + ["--worker", f"{which}:{mode}"]
-            output = subprocess.run(
-                [sys.executable, str(Path(__file__).resolve()), *args], check=True, capture_output=True, text=True
-            ).stdout
-            results[which] = json.loads(output.strip().splitlines()[-1])
+            results[which] = in_worker(f"{which}:{mode}")
         for which, r in results.items():
             mfu = f", MFU {r['mfu']:.1%}" if r["mfu"] is not None else ""
             gib = r["peak_memory"] / 2**30
-            print(f"  {mode:17s} {which:12s} {r['tokens_per_s']:12,.0f} tokens/s  peak {gib:6.2f} GiB{mfu}")
+            fraction = ceiling["total"] * r["tokens_per_s"] / step_tokens
+            print(
+                f"  {mode:17s} {which:12s} {r['tokens_per_s']:12,.0f} tokens/s = {fraction:4.0%} of the ceiling  "
+                f"peak {gib:6.2f} GiB{mfu}"
+            )
+            if "profile" in r:
+                t = r["profile"]
+                largest = ", ".join(f"{name.removeprefix('aten::')} {ms:.0f}" for name, ms in t["largest"])
+                print(
+                    f"  {'':17s} {'':12s} ms per step: matmuls {t['matmuls']:.0f}, attention {t['attention']:.0f}, "
+                    f"rest {t['rest']:.0f} ({largest})"
+                )
         if "ours+mask" in results:
             ratio = results["ours"]["tokens_per_s"] / results["ours+mask"]["tokens_per_s"]
             print(f"  {mode:17s} step time with the mask / without: {ratio:.2f}x")
@@ -237,6 +378,15 @@ def benchmark_train(
             f"  {mode:17s} ours / transformers: tokens/s {ours['tokens_per_s'] / theirs['tokens_per_s']:.2f}x "
             f"(target >= 1.1), peak memory {ours['peak_memory'] / theirs['peak_memory']:.2f}x (target <= 0.75)"
         )
+
+
+def in_worker(worker: str) -> dict:
+    """Run this script's ``--worker`` measurement in a process of its own and return its JSON result."""
+    args = sys.argv[1:] + ["--worker", worker]
+    output = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), *args], check=True, capture_output=True, text=True
+    ).stdout
+    return json.loads(output.strip().splitlines()[-1])
 
 
 if __name__ == "__main__":
