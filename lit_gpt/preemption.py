@@ -8,6 +8,12 @@ checkpoint together and exit with status 128 + the signal's number (SIGINT 130, 
 143). On SIGUSR1 inside a SLURM job, global rank 0 first requeues the job (``scontrol requeue``; an
 array job's own task), so that it continues with ``--resume auto`` when SLURM starts it again.
 A second signal while saving changes nothing: the checkpoint is still written whole or not at all.
+
+SIGUSR1 is caught from the moment the settings are read (``EARLY``), before the checks of the inputs, the
+forming of the process group and the loading of the checkpoint, which can take minutes at scale: its default
+action kills a process, and the requeue it asks for would be lost with it, ending the chain of jobs. A
+start-up that receives it trains one step and stops there. SIGTERM and Ctrl-C keep their default effect
+until the process group is formed: they end a start-up at once, as there is nothing to save yet.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import subprocess
 from types import FrameType
 
 SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
+EARLY = (signal.SIGUSR1,)
 
 
 class StopRequest:
@@ -26,8 +33,8 @@ class StopRequest:
     def __init__(self) -> None:
         self.received: signal.Signals | None = None
 
-    def install(self) -> None:
-        for signum in SIGNALS:
+    def install(self, signals: tuple[signal.Signals, ...] = SIGNALS) -> None:
+        for signum in signals:
             signal.signal(signum, self._handle)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:

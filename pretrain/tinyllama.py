@@ -48,7 +48,7 @@ from lit_gpt.errors import InvalidInput, MissingInput
 from lit_gpt.hub import go_offline_without_hub
 from lit_gpt.model import check_state_dict
 from lit_gpt.monitor import MetricLogger, SourceTokens, Throughput, create_loggers, format_eta
-from lit_gpt.preemption import StopRequest, exit_status, requeue, slurm_job
+from lit_gpt.preemption import EARLY, StopRequest, exit_status, requeue, slurm_job
 from lit_gpt.rank_zero import computed_on_rank_0
 from lit_gpt.run import RunConfig
 from lit_gpt.schedule import StagePlan
@@ -65,6 +65,8 @@ from lit_gpt.watchdog import (
 
 def setup(run: RunConfig) -> None:
     """Start Fabric (launching the processes unless torchrun or SLURM did) and run ``main`` on each."""
+    stop = StopRequest()
+    stop.install(EARLY)  # SLURM's USR1 during the start-up stops the run after its first step (lit_gpt.preemption)
     run = replace(run, precision=run.resolved_precision(), devices=devices_per_node(run.devices))
     check_launch(run)
     check_inputs(run)
@@ -80,7 +82,7 @@ def setup(run: RunConfig) -> None:
     # bf16-mixed is done by FSDP2's mixed-precision policy (bf16 all-gathers), so Fabric keeps fp32.
     precision = "32-true" if run.precision == "bf16-mixed" else run.precision
     fabric = L.Fabric(devices=run.devices, num_nodes=run.num_nodes, strategy=strategy, precision=precision)
-    fabric.launch(main, run)
+    fabric.launch(main, run, stop)
 
 
 def devices_per_node(devices: int | str) -> int | str:
@@ -160,9 +162,8 @@ def say(fabric: L.Fabric, message: str) -> None:
         print(message, flush=True)
 
 
-def main(fabric: L.Fabric, run: RunConfig) -> None:
+def main(fabric: L.Fabric, run: RunConfig, stop: StopRequest) -> None:
     started = time.perf_counter()
-    stop = StopRequest()
     stop.install()  # from here on a signal stops the run at the next step boundary, with a checkpoint
     config = run.model()
     world, rank = fabric.world_size, fabric.global_rank

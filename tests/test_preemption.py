@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT, metrics, processes_with, torchrun, train_args
+from conftest import REPO_ROOT, free_port, metrics, processes_with, torchrun, train_args
 
 SCRIPT = REPO_ROOT / "pretrain" / "tinyllama.py"
 LONG = ["--max_steps", "300", "--eval_interval", "1000", "--save_interval", "1000"]
+RESUMES = "the same command resumes from there (--resume auto)"
 
 
 pytestmark = pytest.mark.usefixtures("no_process_left")
@@ -144,3 +145,41 @@ def test_a_launch_on_other_nodes_than_the_settings_is_refused(data, tmp_path):
     lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert result.returncode != 0 and len(lines) == 1, result.stderr[-3000:]
     assert "--num_nodes 2, but torchrun started processes on 1 node(s)" in lines[0]
+
+
+def catches(pid: int, signum: int) -> bool:
+    """Whether process ``pid`` has a handler for ``signum`` (the SigCgt mask of /proc/PID/status)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    caught = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), 16)
+    return bool(caught >> (signum - 1) & 1)
+
+
+def test_sigusr1_during_the_start_up_stops_after_the_first_step(data, tmp_path):
+    """SLURM's USR1 reaching a rank that still waits for the others to join the process group neither
+    kills it (the default action) nor is lost: the run trains its first step, saves and stops. The two
+    ranks are started by hand, as torchrun would, so that rank 0 waits in the rendezvous until told."""
+    out = tmp_path / "out"
+    common = os.environ | {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2"}
+    common |= {"LOCAL_WORLD_SIZE": "2", "GROUP_RANK": "0", "TORCHELASTIC_RUN_ID": "by-hand"}
+    command = [sys.executable, str(SCRIPT), *train_args(data, out, *LONG, "--devices", "2")]
+
+    def rank(number: int) -> subprocess.Popen:
+        environment = common | {"RANK": str(number), "LOCAL_RANK": str(number)}
+        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment)
+
+    first = rank(0)
+    deadline = time.monotonic() + 120
+    while not catches(first.pid, signal.SIGUSR1):
+        if first.poll() is not None or time.monotonic() > deadline:
+            first.kill()  # it would wait in the rendezvous for the whole start-up timeout
+            raise AssertionError(f"rank 0 did not catch SIGUSR1 in its start-up: {first.communicate()[1][-3000:]}")
+        time.sleep(0.05)
+    os.kill(first.pid, signal.SIGUSR1)  # alone, rank 0 cannot have left the rendezvous: it is in the start-up
+    time.sleep(1)
+    assert first.poll() is None and not (out / "metrics.csv").exists()
+    second = rank(1)
+    stdout, stderr = first.communicate(timeout=600)
+    second.communicate(timeout=120)
+    assert first.returncode == 128 + signal.SIGUSR1, stderr[-3000:]
+    assert stopped_lines(stdout) == [f"Stopped at step 1 on SIGUSR1: saved {out / 'step-00000001'}; " + RESUMES]
+    assert sorted(losses(out)) == [1] and len(list((out / "step-00000001").glob("*.distcp"))) == 2
