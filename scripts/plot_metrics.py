@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lit_gpt.cli import run
 from lit_gpt.errors import InvalidInput, MissingInput
+
+if TYPE_CHECKING:  # matplotlib is imported when a plot is made, not when the script is loaded
+    from matplotlib.figure import Figure
 
 
 def plot_metrics(metrics_path: Path, output: Path | None = None) -> Path:
@@ -16,6 +20,19 @@ def plot_metrics(metrics_path: Path, output: Path | None = None) -> Path:
         metrics_path: the run's metrics.csv.
         output: the PNG to write; default: loss.png beside the CSV.
     """
+    import matplotlib.pyplot as plt
+
+    figure = loss_figure(metrics_path)
+    output = output or metrics_path.with_name("loss.png")
+    figure.savefig(output, dpi=100)
+    plt.close(figure)
+    print(f"Wrote {output}")
+    return output
+
+
+def loss_figure(metrics_path: Path) -> Figure:
+    """The losses (left axis) and the learning rate (right axis) against tokens, 8 x 4.5 inches, with the
+    legend below the axes, where it hides no curve."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -41,15 +58,10 @@ def plot_metrics(metrics_path: Path, output: Path | None = None) -> Path:
     lr_axis.plot(*zip(*lr, strict=True), "--", label="learning rate", color="tab:gray")
     lr_axis.set_ylabel("learning rate")
     handles = loss_axis.get_legend_handles_labels()[0] + lr_axis.get_legend_handles_labels()[0]
-    # below the plot, where it hides no curve
     loss_axis.legend(handles, [h.get_label() for h in handles], loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=3)
     loss_axis.set_title(f"{metrics_path.parent.name}: loss and learning rate")
-    figure.tight_layout()
-    output = output or metrics_path.with_name("loss.png")
-    figure.savefig(output, dpi=100)
-    plt.close(figure)
-    print(f"Wrote {output}")
-    return output
+    figure.tight_layout()  # makes room for the legend below the axes, inside the figure
+    return figure
 
 
 if __name__ == "__main__":
