@@ -132,11 +132,14 @@ def wait_for(cluster: SlurmCluster, job: str, ready, timeout: float, log: Path) 
 
 
 def test_a_time_limit_saves_requeues_and_the_chain_trains_like_one_run(cluster, data, tmp_path, no_process_left):
-    """The template under a one-minute limit, USR1 30 s before it: the first job stops after a step with a
+    """The template under a two-minute limit, USR1 30 s before it: the first job stops after a step with a
     checkpoint and requeues itself, the requeued job (given time to finish) resumes, and the chain's
-    losses are the uninterrupted run's, bit for bit."""
-    steps = "800"
-    args = train_args(data, tmp_path / "chain", "--max_steps", steps, "--eval_interval", "200")
+    losses are the uninterrupted run's, bit for bit. SLURM checks its warning times every 30 s or so and
+    may send the signal up to a minute early: here between 30 and 90 s into the job (with a one-minute
+    limit it came 2 s in, before the training processes had started), so the run is long enough to
+    outlast 90 s."""
+    steps = "4000"
+    args = train_args(data, tmp_path / "chain", "--max_steps", steps, "--eval_interval", "500")
     options = dict(zip(args[::2], args[1::2], strict=True))
     recipe = tmp_path / "recipe.yaml"  # the structured options; the template passes the rest on as words
     recipe.write_text("".join(f"{key[2:]}: {options.pop(key)}\n" for key in ("--train_data", "--model_config")))
@@ -148,7 +151,7 @@ def test_a_time_limit_saves_requeues_and_the_chain_trains_like_one_run(cluster, 
     }
     log = tmp_path / "chain.out"
     command = ["sbatch", "--parsable", "--nodes", "2", "--ntasks-per-node", "1", "--cpus-per-task", "1"]
-    command += ["--gpus-per-node", "0", "--time", "1", "--signal", "B:USR1@30", "--output", str(log)]
+    command += ["--gpus-per-node", "0", "--time", "2", "--signal", "B:USR1@30", "--output", str(log)]
     submitted = subprocess.run(
         [*command, str(REPO_ROOT / "scripts" / "slurm" / "pretrain.sbatch")],
         capture_output=True,
@@ -160,15 +163,15 @@ def test_a_time_limit_saves_requeues_and_the_chain_trains_like_one_run(cluster, 
     assert submitted.returncode == 0, submitted.stderr
     job = submitted.stdout.strip()
     requeued = lambda: job_field(cluster, job, "Restarts") == "1" and job_field(cluster, job, "JobState") == "PENDING"  # noqa: E731
-    wait_for(cluster, job, requeued, 150, log)
+    wait_for(cluster, job, requeued, 240, log)
     # SLURM holds a requeued job for about two minutes: let the second job run to the end (a chain of two
     # jobs) and train the uninterrupted run meanwhile, with the same two processes.
     subprocess.run(["scontrol", "update", f"JobId={job}", "TimeLimit=10"], check=True, env=environment, timeout=60)
     reference = train_args(
-        data, tmp_path / "reference", "--max_steps", steps, "--eval_interval", "200", "--devices", "2"
+        data, tmp_path / "reference", "--max_steps", steps, "--eval_interval", "500", "--devices", "2"
     )
     subprocess.run([*torchrun(2), str(SCRIPT), *reference], check=True, capture_output=True, timeout=600)
-    wait_for(cluster, job, lambda: job_field(cluster, job, "JobState") == "COMPLETED", 400, log)
+    wait_for(cluster, job, lambda: job_field(cluster, job, "JobState") == "COMPLETED", 600, log)
     output = log.read_text()
     stopped = [line for line in output.splitlines() if line.startswith("Stopped at step ")]
     assert len(stopped) == 1 and "on SIGUSR1" in stopped[0] and f"requeued SLURM job {job}" in stopped[0], output
