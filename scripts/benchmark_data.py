@@ -13,7 +13,8 @@
 (g) preparation's memory with 2 workers and a writer slowed to 0.3 s per file: target flat (growth
     within the bound of two tokenized files per worker);
 (h) the loader with its shard content checks (checksum, or largest id without one) against without, in the
-    first epoch (every shard checked as it is first opened) and the later ones: target >= 0.95;
+    first epoch (every shard checked as it is first opened) and the later ones: target >= 0.95; and a
+    control: the unchecked loader beside a thread, then a process, that only computes CRC-32s;
 (i) a tiny model's resume on the 406,000 indexed sparse shards of (e), on 1 process and on 16 (gloo, all on
     this machine): the start-up to the resumed step (training's "Resumed ... in S s") and what each rank
     reads from the data directories and the checkpoint (lit_gpt/file_trace.py); target < 2 s and no
@@ -30,11 +31,15 @@ from __future__ import annotations
 
 import contextlib
 import json
+import multiprocessing
+import multiprocessing.synchronize
 import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -48,7 +53,17 @@ from lit_gpt.data.corpora import Skips, read_slimpajama, slimpajama_files
 from lit_gpt.data.index import INDEX_SUFFIX, Index, ShardTable, index_directory
 from lit_gpt.data.loader import create_loader
 from lit_gpt.data.prepare import RESULTS_PER_WORKER, prepare_corpus
-from lit_gpt.data.shards import DTYPE_CODES, HEADER, MAGIC, VERSION, ShardWriter, checksum, read_header, write_shard
+from lit_gpt.data.shards import (
+    DTYPE_CODES,
+    HEADER,
+    MAGIC,
+    VERSION,
+    ShardWriter,
+    checksum,
+    read_header,
+    read_shard,
+    write_shard,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -165,12 +180,19 @@ def corpus_figures(workdir: Path, tokenizer: Tokenizer, megabytes: int, cores: i
 
 
 class NoChecks:
-    """The loader as it was before shard content checks: for the baseline of (h)."""
+    """The loader as it was before shard content checks (it maps each shard as it opens it): the baseline
+    of (h)."""
+
+    def __init__(self, directory: Path, names: list[str]) -> None:
+        self.directory, self.names = directory, names
 
     def ahead(self, shards: list[int]) -> None:
         pass
 
-    def check(self, shard: int) -> None:
+    def open(self, shard: int) -> np.ndarray:
+        return read_shard(self.directory / self.names[shard])
+
+    def check(self, shard: int, tokens: np.ndarray) -> None:
         pass
 
 
@@ -189,7 +211,8 @@ def shard_checks(directory: Path, shards: int = 48, epochs: int = 4, rounds: int
         """Tokens/s in the first epoch and in the later ones."""
         loader = create_loader([directory], block_size=2048, micro_batch_size=8, vocab_size=32000)
         if not checked:
-            loader.dataset.sources[0].checks = NoChecks()
+            source = loader.dataset.sources[0]
+            source.checks = NoChecks(source.directory, source.names)
         batches, seconds = iter(loader), []
         for _ in range(epochs):
             start, tokens = time.perf_counter(), 0
@@ -198,16 +221,52 @@ def shard_checks(directory: Path, shards: int = 48, epochs: int = 4, rounds: int
             seconds.append(time.perf_counter() - start)
         return tokens / seconds[0], tokens * (epochs - 1) / sum(seconds[1:])
 
-    first, later = [], []
+    first, later, beside_thread, beside_process = [], [], [], []
     for _ in range(rounds):
         unchecked, checked = rates(False), rates(True)
         first.append(checked[0] / unchecked[0])
         later.append(checked[1] / unchecked[1])
+        for ratios, kind in ((beside_thread, "thread"), (beside_process, "process")):
+            with checksumming_beside(kind):
+                ratios.append(rates(False)[0] / unchecked[0])
     for name, ratios, rate in (("first epoch", first, checked[0]), (f"epochs 2-{epochs}", later, checked[1])):
         print(
             f"(h) loader with shard checks, {name + ':':13} {rate / 1e6:8.2f} M tokens/s = {np.median(ratios):.2f} x "
             f"without (median of {rounds} rounds: {', '.join(f'{r:.2f}' for r in ratios)}; target >= 0.95)"
         )
+    for kind, ratios in (("thread", beside_thread), ("process", beside_process)):
+        print(
+            f"(h) control: the unchecked loader's first epoch beside a {kind} that only computes CRC-32s: "
+            f"{np.median(ratios):.2f} x alone (rounds: {', '.join(f'{r:.2f}' for r in ratios)})"
+        )
+
+
+AnyEvent = threading.Event | multiprocessing.synchronize.Event  # the flag of either kind of worker
+
+
+def checksum_until(started: AnyEvent, stop: AnyEvent) -> None:
+    """CRC-32 of one shard-sized buffer, again and again until ``stop``: the checks' CPU work, no files."""
+    data = bytes(2 * 2049 * 512)
+    started.set()
+    while not stop.is_set():
+        zlib.crc32(data)
+
+
+@contextlib.contextmanager
+def checksumming_beside(kind: str) -> Iterator[None]:
+    """``checksum_until`` running in a thread of this process or in a process of its own meanwhile: what
+    the loader loses to the other core's work (a process) and to sharing the interpreter lock (a thread)."""
+    context = multiprocessing.get_context("spawn")
+    started, stop = (threading.Event(), threading.Event()) if kind == "thread" else (context.Event(), context.Event())
+    start = threading.Thread if kind == "thread" else context.Process
+    worker = start(target=checksum_until, args=(started, stop))
+    worker.start()
+    started.wait()  # a spawned process imports this script first
+    try:
+        yield
+    finally:
+        stop.set()
+        worker.join()
 
 
 def sparse_shards(directory: Path, prefix: str, count: int, chunk_size: int = 2049 * 1024) -> list[str]:

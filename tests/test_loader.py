@@ -10,7 +10,7 @@ import torch
 from lit_gpt.data import integrity
 from lit_gpt.data.index import Fingerprint, index_directory
 from lit_gpt.data.loader import ShardedBlocks, create_loader
-from lit_gpt.data.shards import read_shard, write_shard
+from lit_gpt.data.shards import write_shard
 from lit_gpt.errors import InvalidInput
 
 BLOCK_SIZE = 7  # blocks of 8 tokens
@@ -296,12 +296,13 @@ def test_each_shard_is_checked_once_when_first_opened(tmp_path, monkeypatch):
     index's checksum a same-size replacement is refused at its first open."""
     make_dataset(tmp_path / "data", [1] * 19 + [4])  # more shards than the loader keeps open
     scanned = Counter()
+    scan = integrity.ShardChecks._value
 
-    def counting_read_shard(path):
-        scanned[path.name] += 1
-        return read_shard(path)
+    def counting_scan(checks, shard, tokens):
+        scanned[checks.names[shard]] += 1
+        return scan(checks, shard, tokens)
 
-    monkeypatch.setattr(integrity, "read_shard", counting_read_shard)
+    monkeypatch.setattr(integrity.ShardChecks, "_value", counting_scan)
     loader = create_loader([tmp_path / "data"], BLOCK_SIZE, 23)
     list(zip(range(3), loader, strict=False))  # three epochs of 23 blocks: every shard reopened
     assert scanned == {f"train_test_0_{i:010d}.bin": 1 for i in range(20)}

@@ -37,7 +37,6 @@ from lit_gpt.data.index import (
     shard_names,
 )
 from lit_gpt.data.integrity import ShardChecks
-from lit_gpt.data.shards import read_shard
 from lit_gpt.errors import InvalidInput, MissingInput, UserError
 
 # Mixture weights: one weight per source, or a function from an array of token counts (n,) to the
@@ -166,14 +165,14 @@ class ShardedBlocks:
 
     def _open_shard(self, shard: int) -> np.ndarray:
         path = self.directory / self.names[shard]
-        tokens = read_shard(path)
+        tokens = self.checks.open(shard)
         if len(tokens) != self.counts[shard] or tokens.dtype != self.dtype:
             raise InvalidInput(
                 f"{path}: {len(tokens)} tokens of {tokens.dtype}, but the index says {self.counts[shard]} of "
                 f"{self.dtype}; the shard changed after it was indexed (python scripts/index_shards.py "
                 f"--directory {self.directory})"
             )
-        self.checks.check(shard)
+        self.checks.check(shard, tokens)
         return tokens
 
     def _compute_epoch_layout(self, epoch: int) -> tuple[np.ndarray, list[int]]:
