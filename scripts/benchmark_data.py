@@ -13,7 +13,8 @@
 (g) preparation's memory with 2 workers and a writer slowed to 0.3 s per file: target flat (growth
     within the bound of two tokenized files per worker);
 (h) the loader with its shard content checks (checksum, or largest id without one) against without, in the
-    first epoch (every shard checked as it is first opened) and the later ones: target >= 0.95; and a
+    first epoch after the job's first batch (every shard checked as it is first opened) and the later
+    ones: target >= 0.95; the first batch's time (it waits for its shards' checks, once per job); and a
     control: the unchecked loader beside a thread, then a process, that only computes CRC-32s;
 (i) a tiny model's resume on the 406,000 indexed sparse shards of (e), on 1 process and on 16 (gloo, all on
     this machine): the start-up to the resumed step (training's "Resumed ... in S s") and what each rank
@@ -207,25 +208,32 @@ def shard_checks(directory: Path, shards: int = 48, epochs: int = 4, rounds: int
     index_directory(directory)
     steps_per_epoch = shards * 512 // 8
 
-    def rates(checked: bool) -> tuple[float, float]:
-        """Tokens/s in the first epoch and in the later ones."""
+    def rates(checked: bool) -> tuple[float, float, float]:
+        """Tokens/s in the first epoch after its first batch and in the later epochs, and the seconds of
+        the first batch (which waits for the checks of its shards: once per job, not per shard)."""
         loader = create_loader([directory], block_size=2048, micro_batch_size=8, vocab_size=32000)
         if not checked:
             source = loader.dataset.sources[0]
             source.checks = NoChecks(source.directory, source.names)
-        batches, seconds = iter(loader), []
-        for _ in range(epochs):
-            start, tokens = time.perf_counter(), 0
-            for _ in range(steps_per_epoch):
-                tokens += next(batches).numel()
+        batches = iter(loader)
+        start = time.perf_counter()
+        batch_tokens = next(batches).numel()  # every batch has 8 blocks
+        first_batch = time.perf_counter() - start
+        seconds = []
+        for epoch in range(epochs):
+            start = time.perf_counter()
+            for _ in range(steps_per_epoch - (epoch == 0)):
+                next(batches)
             seconds.append(time.perf_counter() - start)
-        return tokens / seconds[0], tokens * (epochs - 1) / sum(seconds[1:])
+        first_epoch = (steps_per_epoch - 1) * batch_tokens / seconds[0]
+        return first_epoch, steps_per_epoch * (epochs - 1) * batch_tokens / sum(seconds[1:]), first_batch
 
-    first, later, beside_thread, beside_process = [], [], [], []
+    first, later, beside_thread, beside_process, first_batch = [], [], [], [], []
     for _ in range(rounds):
         unchecked, checked = rates(False), rates(True)
         first.append(checked[0] / unchecked[0])
         later.append(checked[1] / unchecked[1])
+        first_batch.append((checked[2], unchecked[2]))
         for ratios, kind in ((beside_thread, "thread"), (beside_process, "process")):
             with checksumming_beside(kind):
                 ratios.append(rates(False)[0] / unchecked[0])
@@ -234,6 +242,11 @@ def shard_checks(directory: Path, shards: int = 48, epochs: int = 4, rounds: int
             f"(h) loader with shard checks, {name + ':':13} {rate / 1e6:8.2f} M tokens/s = {np.median(ratios):.2f} x "
             f"without (median of {rounds} rounds: {', '.join(f'{r:.2f}' for r in ratios)}; target >= 0.95)"
         )
+    checked_ms, unchecked_ms = (1000 * np.median(column) for column in zip(*first_batch, strict=True))
+    print(
+        f"(h) the job's first batch (the epoch figures start after it): {checked_ms:.1f} ms with the checks, "
+        f"{unchecked_ms:.1f} ms without (it waits for the checks of its shards, once per job)"
+    )
     for kind, ratios in (("thread", beside_thread), ("process", beside_process)):
         print(
             f"(h) control: the unchecked loader's first epoch beside a {kind} that only computes CRC-32s: "
