@@ -52,6 +52,7 @@ from lit_gpt import Tokenizer
 from lit_gpt.cli import run
 from lit_gpt.data.corpora import Skips, read_slimpajama, slimpajama_files
 from lit_gpt.data.index import INDEX_SUFFIX, Index, ShardTable, index_directory
+from lit_gpt.data.integrity import ShardChecks
 from lit_gpt.data.loader import create_loader
 from lit_gpt.data.prepare import RESULTS_PER_WORKER, prepare_corpus
 from lit_gpt.data.shards import (
@@ -62,7 +63,6 @@ from lit_gpt.data.shards import (
     ShardWriter,
     checksum,
     read_header,
-    read_shard,
     write_shard,
 )
 
@@ -180,18 +180,12 @@ def corpus_figures(workdir: Path, tokenizer: Tokenizer, megabytes: int, cores: i
     return source, texts, shards
 
 
-class NoChecks:
-    """The loader as it was before shard content checks (it maps each shard as it opens it): the baseline
-    of (h)."""
-
-    def __init__(self, directory: Path, names: list[str]) -> None:
-        self.directory, self.names = directory, names
+class NoChecks(ShardChecks):
+    """The loader as it was before shard content checks, for the baseline of (h): each shard is mapped
+    when opened (``ShardChecks.open`` with nothing scanned ahead), and nothing is scanned or compared."""
 
     def ahead(self, shards: list[int]) -> None:
         pass
-
-    def open(self, shard: int) -> np.ndarray:
-        return read_shard(self.directory / self.names[shard])
 
     def check(self, shard: int, tokens: np.ndarray) -> None:
         pass
@@ -214,7 +208,7 @@ def shard_checks(directory: Path, shards: int = 48, epochs: int = 4, rounds: int
         loader = create_loader([directory], block_size=2048, micro_batch_size=8, vocab_size=32000)
         if not checked:
             source = loader.dataset.sources[0]
-            source.checks = NoChecks(source.directory, source.names)
+            source.checks = NoChecks(source.directory, source.names, source.checks.checksums, None)
         batches = iter(loader)
         start = time.perf_counter()
         batch_tokens = next(batches).numel()  # every batch has 8 blocks
