@@ -7,8 +7,9 @@ position and the format version (``lit_gpt.migrations`` reads older formats), ``
 in ``out_dir/data_manifests/<digest>.json``, written once per run), and ``model_config.json``,
 ``hyperparameters.json`` and a copy of the tokenizer so that the directory describes itself. It is
 written as ``out_dir/.tmp-step-{step:08d}`` and renamed when every rank has finished, so a crash never
-leaves a directory that looks complete. A lit checkpoint is ``model.safetensors`` +
-``model_config.json`` (+ ``tokenizer.model``): what conversion from Hugging Face writes.
+leaves a directory that looks complete, and a write that fails (a full disk, a quota, EIO, on any rank)
+is one error on every rank with the temporary directory removed. Reading the weights alone (conversion,
+evaluation) is ``lit_gpt.weights``.
 """
 
 from __future__ import annotations
@@ -22,18 +23,16 @@ import shutil
 import subprocess
 import tempfile
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch.distributed.checkpoint.api import CheckpointException
 
 from lit_gpt.config import Config
 from lit_gpt.data.index import Fingerprint
-from lit_gpt.errors import InvalidInput, MissingInput, OutOfSpace, OutputExists
-from lit_gpt.hf import read_hf_model
+from lit_gpt.errors import CheckpointWriteFailed, InvalidInput, MissingInput, OutOfSpace
 from lit_gpt.migrations import FORMAT_VERSION, migrate
-from lit_gpt.model import GPT, check_state_dict
 from lit_gpt.rank_zero import computed_on_rank_0
 from lit_gpt.tokenizer import Tokenizer
 
@@ -187,7 +186,7 @@ class CheckpointWriter:
                 self.in_flight = (future, tmp, final)
                 return final
             dcp.save(tensors, checkpoint_id=tmp)
-        except Exception as error:  # torch.distributed.checkpoint reports a failure on any rank to every rank
+        except (Exception, CheckpointException) as error:  # a failure on any rank is reported to every rank
             raise self.write_failed(error, final, tmp) from None
         self.in_flight = (None, tmp, final)
         self.finish()
@@ -212,24 +211,34 @@ class CheckpointWriter:
             )
             + 2**20
         )
-        free = shutil.disk_usage(self.out_dir).free
+        try:
+            free, problem = shutil.disk_usage(self.out_dir).free, None
+        except OSError as error:  # the directory vanished, the mount went away
+            free, problem = 0, error
         room = int(
             self.fabric.all_reduce(
                 torch.tensor(float(free >= needed), device=self.fabric.device), reduce_op="min"
             ).item()
         )
+        if problem is not None:
+            raise self.write_failed(problem, final, self.out_dir / f".tmp-{final.name}")
         if not room:
             raise OutOfSpace(self.no_space(final, needed, free))
         return needed
 
     def no_space(self, final: Path, needed: int, free: int) -> str:
-        kept = complete_checkpoints(self.out_dir)
-        newest = f"the newest complete one, {kept[-1].name}, is intact" if kept else "no older checkpoint exists"
         return (
             f"No space left on the device of {self.out_dir} for checkpoint {final.name}: it needs about "
-            f"{needed:,} bytes, {free:,} are free; {newest}. Free space (or lower --keep_checkpoints) and "
-            "rerun the same command: it resumes from the newest checkpoint"
+            f"{needed:,} bytes, {free:,} are free; {self.newest_intact()}. Free space (or lower "
+            "--keep_checkpoints) and rerun the same command: it resumes from the newest checkpoint"
         )
+
+    def newest_intact(self) -> str:
+        try:
+            kept = complete_checkpoints(self.out_dir)
+        except OSError as error:
+            return f"the older checkpoints cannot be listed either ({error.strerror or error})"
+        return f"the newest complete one, {kept[-1].name}, is intact" if kept else "no older checkpoint exists"
 
     def on_rank_0(self, write: Any, final: Path, tmp: Path) -> None:
         """Run ``write`` on rank 0; every rank learns whether it failed, and all raise the same error."""
@@ -247,17 +256,26 @@ class CheckpointWriter:
         if failed:
             raise InvalidInput(f"Rank 0 could not write checkpoint {final}")  # rank 0 prints why
 
-    def write_failed(self, error: Exception, final: Path, tmp: Path) -> Exception:
-        """The error to raise for a failed write, after removing its temporary directory: a full disk
-        or another filesystem error in one line, anything else (a bug) as it is."""
+    def write_failed(self, error: BaseException, final: Path, tmp: Path) -> BaseException:
+        """The error to raise for a failed write, after removing its temporary directory: a filesystem
+        error (a full disk, a quota, EIO, a vanished directory; on any rank) in one line that names the
+        file and the cause, anything else (a bug) as it is."""
         if self.fabric.global_rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
-        text = str(error)
-        if "No space left" in text or "unexpected pos" in text or getattr(error, "errno", None) == errno.ENOSPC:
-            return OutOfSpace(self.no_space(final, self.needed, shutil.disk_usage(self.out_dir).free))
-        if isinstance(error, OSError):
-            return InvalidInput(f"Cannot write checkpoint {final}: {error}")
-        return error
+        cause = filesystem_cause(error)
+        if cause is None:
+            return error
+        try:
+            free = shutil.disk_usage(self.out_dir).free
+        except OSError:
+            free = None
+        full = getattr(cause, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(cause)
+        if full or (free is not None and free < self.needed):
+            return OutOfSpace(self.no_space(final, self.needed, free or 0))
+        return CheckpointWriteFailed(
+            f"Cannot write checkpoint {final}: {describe_os_error(cause)}; {self.newest_intact()}. Fix the "
+            "filesystem and rerun the same command: it resumes from the newest checkpoint"
+        )
 
     def poll(self) -> Path | None:
         """The checkpoint whose background write has just completed (now renamed into place), if any."""
@@ -274,16 +292,54 @@ class CheckpointWriter:
         if future is not None:
             try:
                 future.result()  # on rank 0 (the coordinator), complete only when every rank has written
-            except Exception as error:
+            except (Exception, CheckpointException) as error:
                 raise self.write_failed(error, final, tmp) from None
         if self.fabric.global_rank == 0:
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            for old in complete_checkpoints(self.out_dir)[: -self.keep] if self.keep > 0 else []:
-                shutil.rmtree(old)
+            try:
+                if final.exists():
+                    shutil.rmtree(final)
+                os.replace(tmp, final)
+                for old in complete_checkpoints(self.out_dir)[: -self.keep] if self.keep > 0 else []:
+                    shutil.rmtree(old)
+            except OSError as error:
+                raise self.write_failed(error, final, tmp) from None
         self.write_seconds = time.perf_counter() - self.started
         return final
+
+
+def filesystem_cause(error: BaseException) -> BaseException | None:
+    """The filesystem error behind a failed write, if one is: ``error`` itself, one that a rank reported
+    through torch.distributed.checkpoint (``CheckpointException`` holds every rank's), or its cause.
+    ``torch.save`` reports a full disk as a RuntimeError ("unexpected pos")."""
+    if isinstance(error, CheckpointException):
+        for _, (raised, _trace) in sorted(error.failures.items()):
+            found = filesystem_cause(raised)
+            if found is not None:
+                return found
+        return None
+    if isinstance(error, OSError) or "No space left" in str(error) or "unexpected pos" in str(error):
+        return error
+    for linked in (error.__cause__, error.__context__):
+        if linked is not None and linked is not error:
+            found = filesystem_cause(linked)
+            if found is not None:
+                return found
+    return None
+
+
+def describe_os_error(error: BaseException) -> str:
+    """``[Errno 27] File too large: 'x'`` as ``File too large (EFBIG): x``."""
+    if "unexpected pos" in str(error):  # torch.save's writer hides the error of the write it cut short
+        return (
+            "a write was cut short (a full disk, a quota, a file-size limit or an I/O error; PyTorch's writer "
+            f"says: {str(error).strip().splitlines()[0]})"
+        )
+    if not isinstance(error, OSError) or error.errno is None:
+        text = str(error).strip()
+        return text.splitlines()[0] if text else type(error).__name__
+    name = errno.errorcode.get(error.errno, str(error.errno))
+    where = f": {error.filename}" if error.filename else ""
+    return f"{error.strerror or os.strerror(error.errno)} ({name}){where}"
 
 
 def code_version() -> str:
@@ -388,84 +444,3 @@ def data_changes(checkpoint: Path, fingerprint: dict[str, Fingerprint]) -> list[
                 f"{now['tokens']:,} now (which ones changed is in {manifest}, which is missing)"
             )
     return changes
-
-
-# ---------------------------------------------------------------------------- reading model weights
-
-
-def read_model_config(checkpoint_dir: Path) -> Config:
-    path = checkpoint_dir / "model_config.json"
-    if not path.is_file():
-        raise MissingInput(f"No model_config.json in {checkpoint_dir}: not a lit or training checkpoint")
-    return Config(**json.loads(path.read_text()))
-
-
-def load_model_weights(checkpoint_dir: Path) -> dict[str, torch.Tensor]:
-    """The model's full state dict (Lit-GPT names) from a lit checkpoint directory (``model.safetensors``)
-    or a training checkpoint (sharded by torch.distributed.checkpoint, read in this one process)."""
-    if (checkpoint_dir / "model.safetensors").is_file():
-        from safetensors.torch import load_file
-
-        return load_file(checkpoint_dir / "model.safetensors")
-    if not (checkpoint_dir / ".metadata").is_file():
-        raise MissingInput(f"{checkpoint_dir} holds neither model.safetensors nor a sharded training checkpoint")
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
-
-    metadata = dcp.FileSystemReader(checkpoint_dir).read_metadata().state_dict_metadata
-    model = {
-        key.removeprefix("model."): torch.empty(tuple(meta.size), dtype=meta.properties.dtype)
-        for key, meta in metadata.items()
-        if key.startswith("model.") and isinstance(meta, TensorStorageMetadata)
-    }
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp.load({"model": model}, checkpoint_id=checkpoint_dir, no_dist=True)
-    return model
-
-
-def load_model(checkpoint_dir: Path, tokenizer_path: Path | None = None) -> tuple[Any, Tokenizer]:
-    """A ``GPT`` in eval mode with the weights of a lit checkpoint, a training checkpoint (written by any
-    number of ranks) or a Hugging Face Llama directory, and its tokenizer (``tokenizer_path``, else the
-    checkpoint's copy)."""
-    if not checkpoint_dir.is_dir():
-        raise MissingInput(f"{checkpoint_dir} is not a directory")
-    if (checkpoint_dir / "config.json").is_file() and not (checkpoint_dir / "model_config.json").is_file():
-        config, weights = read_hf_model(checkpoint_dir)
-    else:
-        config = read_model_config(checkpoint_dir)
-        weights = load_model_weights(checkpoint_dir)
-        check_state_dict(weights, config, checkpoint_dir)
-    tokenizer = find_tokenizer(checkpoint_dir, tokenizer_path)
-    if tokenizer is None:
-        raise MissingInput(f"No tokenizer found for {checkpoint_dir}: pass --tokenizer_path")
-    model = GPT(config)
-    model.load_state_dict(weights)
-    return model.eval(), tokenizer
-
-
-def find_tokenizer(checkpoint_dir: Path, tokenizer_path: Path | None) -> Tokenizer | None:
-    """The tokenizer given, else the copy that a training or lit checkpoint carries, else none."""
-    if tokenizer_path is not None:
-        return Tokenizer(tokenizer_path)
-    if (checkpoint_dir / "tokenizer.model").is_file():
-        return Tokenizer(checkpoint_dir / "tokenizer.model")
-    return None
-
-
-def write_atomically(output_dir: Path, write: Any) -> None:
-    """Call ``write(tmp_dir)`` and rename the result to ``output_dir``, which must not exist yet."""
-    if output_dir.exists() and any(output_dir.iterdir()):
-        raise OutputExists(f"{output_dir} exists and is not empty")
-    tmp = output_dir.with_name(f".{output_dir.name}.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    write(tmp)
-    umask = os.umask(0)
-    os.umask(umask)
-    for path in tmp.iterdir():  # safetensors creates its files 0600: give them the usual mode
-        path.chmod(0o666 & ~umask)
-    if output_dir.exists():
-        output_dir.rmdir()
-    os.replace(tmp, output_dir)

@@ -1,10 +1,11 @@
 """Running a script as a command: its options from a typed function or a dataclass (jsonargparse), and
 errors a person can read.
 
-A :class:`lit_gpt.errors.UserError` becomes one line on stderr (printed by rank 0 only, when launched by
-torchrun, srun or Fabric) and exit status 2, Ctrl-C one line and status 130; anything else keeps its
-traceback, since it is a bug. Warnings
-(a shard tail that fills no block, shards without an index) are one ``warning:`` line each.
+A :class:`lit_gpt.errors.UserError` becomes one line on stderr and exit status 2: printed by global rank 0
+when launched by torchrun, srun or Fabric (every rank raised it alike), or by the one rank that found it
+(``UserError.report_here``). Ctrl-C is one line and status 130; anything else keeps its traceback, since
+it is a bug. Warnings (a shard tail that fills no block, shards without an index) are one ``warning:``
+line each.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import difflib
 import importlib.util
 import os
 import re
+import signal
 import sys
 import warnings
 from argparse import Action
@@ -41,7 +43,10 @@ def run(component: Callable[..., Any], then: Callable[[Any], Any] | None = None)
             check_options(capture_parser(lambda: CLI(component, **options)), sys.argv[1:])
             CLI(component, **options)
     except UserError as error:
-        if global_rank() == 0:
+        # Leaving anyway: a launcher's SIGTERM (torchrun ends the other workers when the first exits) must
+        # not turn this rank's status 2 into a kill on its way out.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if global_rank() == 0 if error.report_here is None else error.report_here:
             print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:  # a command with work to keep says where it stands before this

@@ -9,7 +9,14 @@ from __future__ import annotations
 
 
 class UserError(Exception):
-    """A problem with the command's input, its message says what is wrong and what to do."""
+    """A problem with the command's input, its message says what is wrong and what to do.
+
+    In a job of several processes most of these are raised by every rank alike (the same settings, what
+    rank 0 read and broadcast), and global rank 0 alone prints them: ``report_here`` None. An error that
+    one rank found by itself (a damaged shard it read) has ``report_here`` True, and one raised only so
+    that a rank leaves with the others after another rank's error has it False."""
+
+    report_here: bool | None = None
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""  # KeyError would quote the message
@@ -33,3 +40,14 @@ class TensorMismatch(UserError, KeyError):
 
 class OutOfSpace(UserError, OSError):
     """The filesystem has no room for what the command must write."""
+
+
+class CheckpointWriteFailed(UserError, OSError):
+    """The filesystem refused a checkpoint (an I/O error, a vanished directory): the newer checkpoints
+    are intact, and the same command resumes once the filesystem is fixed."""
+
+
+class AnotherRankFailed(UserError):
+    """This rank stops because another one reported an error (which that rank prints, not this one)."""
+
+    report_here = False

@@ -1,4 +1,5 @@
-"""Work that one rank does for the whole job: reading what every rank needs from a shared filesystem once.
+"""Work that one rank does for the whole job: reading what every rank needs from a shared filesystem once,
+and speaking for the job (``say``: one console line, not one per rank).
 
 With 64 ranks, a file that each rank reads at start-up is read 64 times, all at once, from the same
 server; read by global rank 0 and broadcast over the process group, it is read once. What is broadcast
@@ -36,3 +37,9 @@ def computed_on_rank_0(fabric: Any, compute: Callable[[], T]) -> T:
     if error is not None:
         raise error
     return result
+
+
+def say(fabric: Any, message: str) -> None:
+    """One voice per job: the console line of global rank 0 (``fabric.print`` speaks once per node)."""
+    if fabric.global_rank == 0:
+        print(message, flush=True)

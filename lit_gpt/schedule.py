@@ -74,6 +74,17 @@ class LearningRate:
         start = marked[0] if marked else plan.max_steps - max(round(self.decay_fraction * plan.max_steps), 1)
         return max(start, self.warmup_steps)
 
+    def warmup_warning(self, plan: StagePlan) -> str | None:
+        """What a run that ends inside its warmup should be told at its start (nothing otherwise)."""
+        if self.warmup_steps < plan.max_steps:
+            return None
+        last = self.at(plan.max_steps - 1, plan)
+        return (
+            f"--warmup_steps {self.warmup_steps:,} is not shorter than the run's {plan.max_steps:,} steps: the "
+            f"learning rate rises to {last:.3e} at the last step, never reaches --learning_rate {self.max_lr:g} "
+            "and never decays; lower --warmup_steps (or raise --max_steps)"
+        )
+
     def at(self, step: int, plan: StagePlan) -> float:
         scale = 1.0
         if self.batch_scaling == "sqrt":

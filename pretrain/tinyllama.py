@@ -19,14 +19,11 @@ import signal
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import timedelta
-from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.fabric.strategies import ModelParallelStrategy
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
@@ -35,24 +32,23 @@ from lit_gpt.checkpoint import (
     CheckpointWriter,
     check_writable,
     checkpoint_name,
-    complete_checkpoints,
-    load_model_weights,
     load_training_state,
-    remove_run,
-    resume_checkpoint,
 )
 from lit_gpt.cli import global_rank
 from lit_gpt.cli import run as run_command
 from lit_gpt.data.loader import BlockLoader
 from lit_gpt.errors import InvalidInput, MissingInput
-from lit_gpt.hub import go_offline_without_hub
+from lit_gpt.launch import Strategy, check_launch, devices_per_node, launched_world_size
 from lit_gpt.model import check_state_dict
 from lit_gpt.monitor import MetricLogger, SourceTokens, Throughput, create_loggers, format_eta
 from lit_gpt.preemption import EARLY, StopRequest, exit_status, requeue, slurm_job
-from lit_gpt.rank_zero import computed_on_rank_0
+from lit_gpt.rank_failures import CheckedBatches, quiet_when_another_rank_fails
+from lit_gpt.rank_zero import computed_on_rank_0, say
 from lit_gpt.run import RunConfig
+from lit_gpt.run_dir import claim_out_dir, release_locks
 from lit_gpt.schedule import StagePlan
 from lit_gpt.spikes import SpikeGuard
+from lit_gpt.validation import Evaluations, task_evaluator
 from lit_gpt.watchdog import (
     TIMEOUT_STATUS,
     count_start,
@@ -61,6 +57,7 @@ from lit_gpt.watchdog import (
     reset_restarts,
     set_collective_timeout,
 )
+from lit_gpt.weights import load_model_weights
 
 
 def setup(run: RunConfig) -> None:
@@ -68,7 +65,7 @@ def setup(run: RunConfig) -> None:
     stop = StopRequest()
     stop.install(EARLY)  # SLURM's USR1 during the start-up stops the run after its first step (lit_gpt.preemption)
     run = replace(run, precision=run.resolved_precision(), devices=devices_per_node(run.devices))
-    check_launch(run)
+    check_launch(run.devices, run.num_nodes)
     check_inputs(run)
     check_writable(run.out_dir)
     if "SLURM_JOB_ID" not in os.environ:  # Lightning's hint to launch with srun means something in a SLURM job only
@@ -76,24 +73,13 @@ def setup(run: RunConfig) -> None:
     if global_rank() != 0:  # every rank sees the same data and settings: rank 0 speaks for all
         warnings.simplefilter("ignore")
         logging.getLogger("lightning.fabric").setLevel(logging.WARNING)  # "Initializing distributed", "Seed set"
-    strategy = ModelParallelStrategy(
+    strategy = Strategy(
         parallelize_fn=lambda model, mesh: parallelize(model, mesh, run), timeout=timedelta(seconds=run.startup_timeout)
     )
     # bf16-mixed is done by FSDP2's mixed-precision policy (bf16 all-gathers), so Fabric keeps fp32.
     precision = "32-true" if run.precision == "bf16-mixed" else run.precision
     fabric = L.Fabric(devices=run.devices, num_nodes=run.num_nodes, strategy=strategy, precision=precision)
-    fabric.launch(main, run, stop)
-
-
-def devices_per_node(devices: int | str) -> int | str:
-    """``devices``, checked against the processes per node that torchrun started, if it did ("auto"
-    takes that number, so that a CPU run under torchrun needs no --devices)."""
-    launched = os.environ.get("LOCAL_WORLD_SIZE")
-    if launched is None:
-        return devices
-    if devices not in ("auto", int(launched)):
-        raise InvalidInput(f"--devices {devices}, but torchrun started {launched} processes per node; make them agree")
-    return int(launched)
+    fabric.launch(quiet_when_another_rank_fails(main), run, stop)
 
 
 def check_inputs(run: RunConfig) -> None:
@@ -108,36 +94,7 @@ def check_inputs(run: RunConfig) -> None:
     if run.tokenizer_path is not None:
         Tokenizer(run.tokenizer_path)
     run.document_bos_id()
-    run.stage_plan(run.model(), launched_world_size(run))
-
-
-def launched_world_size(run: RunConfig) -> int:
-    """The number of processes this launch will have: torchrun's or srun's, else devices x nodes."""
-    if "WORLD_SIZE" in os.environ:
-        return int(os.environ["WORLD_SIZE"])
-    if "SLURM_NTASKS" in os.environ and "SLURM_STEP_ID" in os.environ:
-        return int(os.environ["SLURM_NTASKS"])
-    per_node = run.devices if isinstance(run.devices, int) else max(torch.cuda.device_count(), 1)
-    return per_node * run.num_nodes
-
-
-def check_launch(run: RunConfig) -> None:
-    """The nodes that torchrun or srun started agree with ``--num_nodes`` (and, under srun, the tasks per
-    node with ``--devices``), refused before any process group is formed."""
-    if "LOCAL_WORLD_SIZE" in os.environ and "WORLD_SIZE" in os.environ:
-        launched = int(os.environ["WORLD_SIZE"]) // int(os.environ["LOCAL_WORLD_SIZE"])
-        launcher = "torchrun"
-    elif "SLURM_NTASKS" in os.environ and "SLURM_STEP_ID" in os.environ:  # inside srun
-        launched, launcher = int(os.environ.get("SLURM_STEP_NUM_NODES", os.environ.get("SLURM_NNODES", "1"))), "srun"
-        tasks = int(os.environ["SLURM_NTASKS"]) // launched
-        if run.devices not in ("auto", tasks):
-            raise InvalidInput(f"--devices {run.devices}, but srun started {tasks} tasks per node; make them agree")
-    else:
-        return
-    if launched != run.num_nodes:
-        raise InvalidInput(
-            f"--num_nodes {run.num_nodes}, but {launcher} started processes on {launched} node(s); make them agree"
-        )
+    run.stage_plan(run.model(), launched_world_size(run.devices, run.num_nodes))
 
 
 def parallelize(model: GPT, mesh: DeviceMesh, run: RunConfig) -> GPT:
@@ -154,12 +111,6 @@ def parallelize(model: GPT, mesh: DeviceMesh, run: RunConfig) -> GPT:
             block.compile()
         fully_shard(block, reshard_after_forward=run.reshard_after_forward, **kwargs)
     return fully_shard(model, **kwargs)
-
-
-def say(fabric: L.Fabric, message: str) -> None:
-    """One voice per job: the console line of global rank 0 (``fabric.print`` speaks once per node)."""
-    if fabric.global_rank == 0:
-        print(message, flush=True)
 
 
 def main(fabric: L.Fabric, run: RunConfig, stop: StopRequest) -> None:
@@ -179,7 +130,7 @@ def main(fabric: L.Fabric, run: RunConfig, stop: StopRequest) -> None:
     guard = run.spikes()
     names = [source.name for source in run.train_data]
     fingerprint = {name: blocks.fingerprint() for name, blocks in zip(names, train_loader.dataset.sources, strict=True)}
-    resume_from = claim_out_dir(fabric, run)
+    resume_from = claim_out_dir(fabric, run, lambda line: say(fabric, line))
     restarts = run.max_restarts_without_progress
     computed_on_rank_0(fabric, lambda: count_start(run.out_dir, resume_from, restarts, relaunched()))
     if rank == 0:
@@ -193,6 +144,8 @@ def main(fabric: L.Fabric, run: RunConfig, stop: StopRequest) -> None:
             f"Data: {dict(zip(names, plan.weights(0), strict=True))}; {plan.max_steps:,} steps, "
             f"{plan.max_tokens:,} tokens over {len(plan.stages)} stage(s)",
         )
+        if (warning := run.learning_rates().warmup_warning(plan)) is not None:
+            say(fabric, f"warning: {warning}")
 
     fabric.seed_everything(run.seed)
     model = GPT(config, activation_checkpointing=run.activation_checkpointing)
@@ -264,6 +217,7 @@ def main(fabric: L.Fabric, run: RunConfig, stop: StopRequest) -> None:
             file=sys.stderr,
             flush=True,
         )
+        release_locks()
         os._exit(TIMEOUT_STATUS)  # a clean exit would wait for the hung rank in the process group's teardown
     finished = writer.finish()
     if finished is not None:
@@ -298,7 +252,7 @@ def train(
 ) -> signal.Signals | None:
     """Train to the end of the plan, or to the step after which the ranks agree that a signal came;
     returns that signal (None at the end), the step's checkpoint written."""
-    batches = iter(train_loader)
+    batches = CheckedBatches(train_loader, (run.micro_batch_size, config.block_size + 1))
     schedule = run.learning_rates()
     throughput = Throughput(config, fabric.world_size, fabric.device)
     throughput.start(state["step"], plan.tokens_before(state["step"]))
@@ -383,7 +337,7 @@ def save(fabric: L.Fabric, writer: CheckpointWriter, state: dict, train_loader: 
 def train_step(
     fabric: L.Fabric,
     state: dict,
-    batches: Iterator[torch.Tensor],
+    batches: CheckedBatches,
     accumulation: int,
     lr: float,
     grad_clip: float,
@@ -393,10 +347,11 @@ def train_step(
     bos_id: int | None = None,
 ) -> dict:
     """One optimizer step over ``accumulation`` micro-batches per rank. The update is applied only when
-    the loss and the gradient norm are finite and ``guard`` finds no spike. Returns the loss, the z-loss
-    term, the gradient norm (averaged and global), the guard's verdict, and whether any rank's
-    ``stop_flag`` was set (carried by the loss's all-reduce: no collective of its own). With ``bos_id``
-    attention stays inside each document (--document_mask; see ``GPT.forward``)."""
+        the loss and the gradient norm are finite and ``guard`` finds no spike. Returns the loss, the z-loss
+        term, the gradient norm (averaged and global), the guard's verdict, and whether any rank's
+        ``stop_flag`` was set (carried by the loss's all-reduce: no collective of its own, which also tells every
+    rank of a data error on any rank: ``CheckedBatches``). With ``bos_id``
+        attention stays inside each document (--document_mask; see ``GPT.forward``)."""
     model, optimizer = state["model"], state["optimizer"]
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -407,8 +362,10 @@ def train_step(
             terms = model(batch[:, :-1], targets=batch[:, 1:], z_loss=z_loss, bos_id=bos_id)
             fabric.backward(terms.loss / accumulation)
         sums += torch.stack([terms.loss.detach(), terms.z_term])
-    flag = torch.tensor([stop_flag], device=fabric.device)
-    loss, z_term, stops = fabric.all_reduce(torch.cat([sums / accumulation, flag]), reduce_op="mean").tolist()
+    flags = torch.cat([torch.tensor([stop_flag]), batches.flags(fabric.global_rank, fabric.world_size)])
+    reduced = fabric.all_reduce(torch.cat([sums / accumulation, flags.to(fabric.device)]), reduce_op="mean").cpu()
+    batches.raise_if_failed(reduced[3:], fabric.global_rank)  # a rank's data error: every rank stops here
+    loss, z_term, stops = reduced[:3].tolist()
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip, foreach=True)
     grad_norm = (grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm).item()
     spike = guard.check(loss=loss, grad_norm=grad_norm)
@@ -457,104 +414,6 @@ def report(
     )
     for logger in loggers:
         logger.log(metrics, step)
-
-
-@dataclass
-class Evaluations:
-    """What training measures besides its loss: validation sets (with their weights) and benchmarks."""
-
-    val_loaders: dict[str, BlockLoader]
-    weights: dict[str, float]
-    benchmarks: Callable[[torch.nn.Module], dict[str, float]] | None
-
-    def run(
-        self, fabric: L.Fabric, model: torch.nn.Module, validation: bool, tasks: bool, step: int
-    ) -> dict[str, float]:
-        """Validation losses (per set and their weighted mean ``val_loss``) and/or benchmark scores."""
-        metrics: dict[str, float] = {}
-        if validation:
-            losses = {name: validate(fabric, model, loader) for name, loader in self.val_loaders.items()}
-            total = sum(self.weights.values())
-            val_loss = sum(self.weights[name] * loss for name, loss in losses.items()) / total
-            metrics |= {"val_loss": val_loss, "val_ppl": math.exp(val_loss)}
-            each = ""
-            if len(losses) > 1:
-                for name, loss in losses.items():
-                    metrics |= {f"val/{name}/loss": loss, f"val/{name}/ppl": math.exp(loss)}
-                each = "".join(f" | {name} {loss:.4f}" for name, loss in losses.items())
-            say(fabric, f"step {step:>7,} | validation loss {val_loss:.4f} | perplexity {math.exp(val_loss):.2f}{each}")
-        if tasks:
-            scores = self.benchmarks(model)
-            metrics |= scores
-            say(fabric, f"step {step:>7,} | " + " | ".join(f"{name} {value:.4f}" for name, value in scores.items()))
-        return metrics
-
-
-def task_evaluator(run: RunConfig, config: Config) -> Callable[[torch.nn.Module], dict[str, float]] | None:
-    """The benchmarks of ``--eval_tasks``, loaded (and their names checked) before training starts."""
-    if not run.eval_tasks:
-        return None
-    if run.tokenizer_path is None:
-        raise InvalidInput("--eval_tasks needs --tokenizer_path: the benchmarks are text")
-    go_offline_without_hub()
-    try:
-        from lit_gpt.evaluation import TaskEvaluator
-    except ImportError as error:
-        raise InvalidInput(f"--eval_tasks needs the harness: pip install -e '.[eval]' ({error})") from None
-    return TaskEvaluator(
-        run.eval_tasks,
-        run.eval_tasks_include_path,
-        run.eval_tasks_limit,
-        Tokenizer(run.tokenizer_path),
-        config.block_size,
-        run.micro_batch_size,
-    )
-
-
-@torch.no_grad()
-def validate(fabric: L.Fabric, model: torch.nn.Module, loader: BlockLoader) -> float:
-    """Mean loss per token over the loader's blocks (the first ``--eval_blocks`` of the validation set,
-    split across ranks): the same blocks every time, and the same on any number of ranks.
-
-    A rank with fewer validation blocks than its share runs padding batches with weight zero, since
-    every rank must take part in each sharded forward pass.
-    """
-    model.eval()
-    loader.reset()
-    batches = list(loader)
-    block_tokens = batches[0].shape[1] if batches else loader.dataset.block_tokens
-    rounds = int(fabric.all_reduce(torch.tensor(len(batches), device=fabric.device), reduce_op="max").item())
-    total = torch.zeros(2, device=fabric.device, dtype=torch.float64)  # summed loss x tokens, tokens
-    for i in range(rounds):
-        real = i < len(batches)
-        batch = (batches[i] if real else torch.zeros(1, block_tokens, dtype=torch.long)).to(fabric.device)
-        loss = model(batch[:, :-1], targets=batch[:, 1:]).loss
-        tokens = batch[:, 1:].numel() if real else 0
-        total += torch.stack([loss.double() * tokens, torch.tensor(tokens, device=fabric.device, dtype=torch.float64)])
-    total = fabric.all_reduce(total, reduce_op="sum")
-    model.train()
-    return (total[0] / total[1]).item()
-
-
-def claim_out_dir(fabric: L.Fabric, run: RunConfig) -> Path | None:
-    """The checkpoint to resume from, after making sure that a new run does not mix with an old one in
-    ``out_dir``: a new run there is refused unless ``--overwrite true`` removes the old one."""
-    if run.overwrite and run.resume is not False:
-        raise InvalidInput("--overwrite true starts a new run: give it with --resume false")
-    existing = complete_checkpoints(run.out_dir)
-    if run.resume is not False or not existing:
-        return resume_checkpoint(run.resume, run.out_dir)
-    if not run.overwrite:
-        raise InvalidInput(
-            f"{run.out_dir} holds another run (newest checkpoint {existing[-1].name}); continue it with "
-            "--resume auto, start the new run in another --out_dir, or delete the old run with --overwrite true"
-        )
-    fabric.barrier()
-    if fabric.global_rank == 0:
-        removed = remove_run(run.out_dir)
-        say(fabric, f"--overwrite: removed the previous run's {', '.join(removed)} from {run.out_dir}")
-    fabric.barrier()
-    return None
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """What the preemption agreement costs a training step (lit_gpt/preemption.py).
 
 Every rank learns of a signal received by any rank through one more element in the loss's all-reduce
-that every step does anyway: the only difference from a build without the agreement is that element
-(``torch.cat`` of the loss sums and the flag, and a 3-element instead of a 2-element all-reduce). This
+that every step does anyway: the only difference from a build without the agreement is those elements
+(``torch.cat`` of the loss sums and the flags -- the stop flag and one data-error flag per rank,
+``lit_gpt.rank_failures`` -- and a (3 + W)-element instead of a 2-element all-reduce). This
 starts two processes under torchrun (gloo, one thread each, like the demo under torchrun), sets up the
 CPU demo's model (tiny_LLaMA_5M, micro-batch 8 x 256 tokens, fp32) sharded as training does, and in one
 run times, interleaved:
@@ -30,6 +31,7 @@ from lightning.fabric.strategies import ModelParallelStrategy
 
 from lit_gpt import GPT, Config
 from lit_gpt.cli import load_script, run
+from lit_gpt.rank_failures import CheckedBatches
 from lit_gpt.run import RunConfig
 from lit_gpt.spikes import SpikeGuard
 
@@ -49,7 +51,7 @@ def worker(steps: int, reductions: int, micro_batch_size: int) -> None:
     optimizer = fabric.setup_optimizers(torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True))
     state = {"model": model, "optimizer": optimizer}
     shape = (micro_batch_size, config.block_size + 1)
-    batches = iter(lambda: torch.randint(0, config.vocab_size, shape), None)
+    batches = CheckedBatches(iter(lambda: torch.randint(0, config.vocab_size, shape), None), shape)
     guard = SpikeGuard(enabled=False)
 
     step_seconds = []
@@ -60,8 +62,9 @@ def worker(steps: int, reductions: int, micro_batch_size: int) -> None:
             step_seconds.append(time.perf_counter() - started)
 
     sums = torch.rand(2)
+    flags = torch.zeros(1 + fabric.world_size)  # the stop flag and the per-rank data-error flags
     kinds = {
-        "with": lambda: fabric.all_reduce(torch.cat([sums, torch.tensor([0.0])]), reduce_op="mean").tolist(),
+        "with": lambda: fabric.all_reduce(torch.cat([sums, flags]), reduce_op="mean").tolist(),
         "without": lambda: fabric.all_reduce(sums, reduce_op="mean").tolist(),
     }
     seconds = {kind: [] for kind in kinds}

@@ -15,9 +15,9 @@ from typing import Literal
 import torch
 from safetensors.torch import save_file
 
-from lit_gpt.checkpoint import write_atomically
 from lit_gpt.cli import run
 from lit_gpt.hf import read_hf_model
+from lit_gpt.weights import write_atomically
 
 
 def convert_hf_checkpoint(

@@ -12,10 +12,10 @@ from typing import Literal
 
 import torch
 
-from lit_gpt.checkpoint import find_tokenizer, load_model_weights, read_model_config, write_atomically
 from lit_gpt.cli import run
 from lit_gpt.hf import write_hf_model
 from lit_gpt.model import check_state_dict
+from lit_gpt.weights import find_tokenizer, load_model_weights, read_model_config, write_atomically
 
 
 def convert_lit_checkpoint(

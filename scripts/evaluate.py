@@ -18,10 +18,10 @@ from typing import Literal
 
 import torch
 
-from lit_gpt.checkpoint import load_model
 from lit_gpt.cli import run
 from lit_gpt.errors import MissingInput
 from lit_gpt.hub import go_offline_without_hub, hub_errors
+from lit_gpt.weights import load_model
 
 DTYPES = {"32-true": torch.float32, "bf16-true": torch.bfloat16}
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import torch
 
-from lit_gpt.checkpoint import load_model
 from lit_gpt.cli import run
 from lit_gpt.generation import check_sampling, generate
+from lit_gpt.weights import load_model
 
 
 def main(

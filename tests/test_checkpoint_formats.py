@@ -36,6 +36,7 @@ def test_a_fixture_exists_for_every_format_since_the_first():
     assert FORMATS == list(range(1, FORMAT_VERSION + 1))
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("version", FORMATS)
 def test_every_fixture_resumes_with_the_losses_its_code_logged_next(tmp_path, version):
     fixture = FIXTURES / f"format-{version}"
@@ -46,7 +47,21 @@ def test_every_fixture_resumes_with_the_losses_its_code_logged_next(tmp_path, ve
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert f"at step {SAVED_AT}" in result.stdout
     recorded = json.loads((fixture / "fixture.json").read_text())["losses_after_resume"]
-    assert logged_losses(tmp_path / "out") == {int(step): loss for step, loss in recorded.items()}  # bitwise
+    logged = logged_losses(tmp_path / "out")
+    assert sorted(logged) == sorted(int(step) for step in recorded)
+    for step, loss in recorded.items():
+        assert logged[int(step)] == pytest.approx(loss, rel=RECORDED_LOSS_RTOL, abs=0), (step, logged, recorded)
+
+
+# The fixtures' losses were logged on another machine, so they are compared within float32 rounding, not
+# bitwise: PyTorch's CPU kernels differ by instruction set (ATEN_CPU_CAPABILITY default, avx2, avx512 sum
+# 1, 8 or 16 floats at a time), and a reordered float32 sum of n terms differs by up to about n x 2**-24
+# relative. Measured: the format-1/2 fixtures resume to 5.140912055969238 under AVX-512 where AVX2 logged
+# 5.14091157913208, one float32 ulp (9e-8 relative). 1e-5 allows ~80 ulps of such drift over the three
+# steps after resume, and is 100 times finer than what a wrong resume does (another block, a lost
+# optimizer moment or learning-rate step moves these losses by 1e-3 or more). Bitwise equality is tested
+# where both sides run in one test run (tests/test_pretrain.py, tests/test_preemption.py).
+RECORDED_LOSS_RTOL = 1e-5
 
 
 def test_the_resumed_run_saves_todays_format(tmp_path):

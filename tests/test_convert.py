@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from lit_gpt import GPT, Config
-from lit_gpt.checkpoint import load_model_weights
+from lit_gpt.weights import load_model_weights
 
 from conftest import DEMO_TOKENIZER, REPO_ROOT, TOKENIZER, free_port, load_script, train_args
 

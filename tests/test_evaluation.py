@@ -17,8 +17,8 @@ from lm_eval.tasks import TaskManager  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 from lit_gpt import GPT, Config  # noqa: E402
-from lit_gpt.checkpoint import load_model  # noqa: E402
 from lit_gpt.evaluation import GPTEvalModel  # noqa: E402
+from lit_gpt.weights import load_model  # noqa: E402
 
 from conftest import (  # noqa: E402
     DEMO_TOKENIZER,

@@ -1,8 +1,12 @@
 """A full disk and a read-only out_dir, on real filesystems: a small tmpfs mounted for the test (as root,
-which CI is; skipped with the reason elsewhere)."""
+which CI is; skipped with the reason elsewhere). A write that fails in the middle of a tensor file (after
+the free-space check passed): a file-size limit. What an interrupted save leaves is removed at the next start."""
 
 import os
+import re
+import resource
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -77,3 +81,67 @@ def test_a_read_only_out_dir_is_refused_before_anything_is_loaded(data, tmp_path
     result = train(train_args(data, disk / "out", "--max_steps", "4", "--save_interval", "2", "--eval_interval", "100"))
     assert_refused(result, f"--out_dir {disk / 'out'} cannot be written", "Read-only file system")
     assert "Resumed" not in result.stdout and "Model" not in result.stdout
+
+
+def file_size_limit(limit: int):
+    """For ``preexec_fn``: writes past ``limit`` bytes fail with EFBIG, as a quota or a full disk fails a
+    write in the middle of a file (SIGXFSZ, which would kill the process instead, is ignored)."""
+
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+def worker_exit_codes(torchrun_output: str) -> list[int]:
+    """The exit codes that torchrun's failure report gives for its workers."""
+    return [int(code) for code in re.findall(r"exitcode\s*:\s*(-?\d+)", torchrun_output)]
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+@pytest.mark.parametrize("background", ["false", "true"])
+def test_a_write_that_fails_mid_tensor_is_one_line_and_the_newest_checkpoint_resumes(
+    data, tmp_path, processes, background
+):
+    extra = ["--save_interval", "2", "--eval_interval", "100", "--devices", str(processes)]
+    extra += ["--async_checkpoint", background]
+    reference = tmp_path / "reference"
+    assert train(train_args(data, reference, "--max_steps", "4", *extra), processes).returncode == 0
+    assert directory_bytes(reference / "step-00000004") > 2**20  # the limit below cuts the tensor files
+    out_dir = tmp_path / "out"
+    assert train(train_args(data, out_dir, "--max_steps", "2", *extra), processes).returncode == 0
+
+    launcher = torchrun(processes) if processes > 1 else [sys.executable]
+    command = [*launcher, str(SCRIPT), *train_args(data, out_dir, "--max_steps", "4", *extra)]
+    failed = subprocess.run(command, capture_output=True, text=True, timeout=600, preexec_fn=file_size_limit(2**20))
+    lines = [line for line in failed.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, failed.stderr[-3000:]
+    assert f"Cannot write checkpoint {out_dir / 'step-00000004'}: a write was cut short" in lines[0]
+    assert "the newest complete one, step-00000002, is intact" in lines[0]
+    if processes == 1:
+        assert failed.returncode == 2 and "Traceback" not in failed.stderr, failed.stderr[-3000:]
+    else:  # torchrun reports its failed workers (exit status 1); each worker exited with 2, without a traceback
+        assert failed.returncode == 1 and set(worker_exit_codes(failed.stderr)) == {2}, failed.stderr[-3000:]
+        assert not re.search(r"\[rank\d+\]:", failed.stderr), failed.stderr[-3000:]
+    assert sorted(path.name for path in out_dir.iterdir() if "step-" in path.name) == ["step-00000002"]
+
+    resumed = train(train_args(data, out_dir, "--max_steps", "4", *extra), processes)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert {step: loss for step, loss in losses(out_dir).items() if step > 2} == {
+        step: loss for step, loss in losses(reference).items() if step > 2
+    }
+
+
+def test_a_partial_checkpoint_of_a_killed_run_is_removed_at_the_next_start(data, tmp_path):
+    out_dir = tmp_path / "out"
+    extra = ["--save_interval", "2", "--eval_interval", "100"]
+    assert train(train_args(data, out_dir, "--max_steps", "2", *extra)).returncode == 0
+    (out_dir / ".tmp-step-00000004").mkdir()  # as a kill -9 during a save leaves it
+    (out_dir / ".tmp-step-00000004" / "__0_0.distcp").write_bytes(b"half")
+    (out_dir / ".metrics.csv.tmp").write_text("half")
+    resumed = train(train_args(data, out_dir, "--max_steps", "4", *extra))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Removed {out_dir / '.tmp-step-00000004'}, left half-written by an interrupted run" in resumed.stdout
+    assert not [path.name for path in out_dir.iterdir() if path.name.startswith(".")]
+    assert (out_dir / "step-00000004").is_dir()

@@ -17,12 +17,12 @@ import pytest
 import torch
 
 from lit_gpt import GPT, Config, kernels
-from lit_gpt.checkpoint import load_model_weights
 from lit_gpt.data.index import index_directory
 from lit_gpt.data.loader import create_loader
 from lit_gpt.data.shards import write_shard
 from lit_gpt.run import DataSource, RunConfig
 from lit_gpt.schedule import Stage
+from lit_gpt.weights import load_model_weights
 
 from conftest import (
     DEMO_TOKENIZER,

@@ -164,6 +164,10 @@ def test_a_time_limit_saves_requeues_and_the_chain_trains_like_one_run(cluster, 
     job = submitted.stdout.strip()
     requeued = lambda: job_field(cluster, job, "Restarts") == "1" and job_field(cluster, job, "JobState") == "PENDING"  # noqa: E731
     wait_for(cluster, job, requeued, 240, log)
+    # As if the first job's rank 0 had been killed holding the run lock, on a node this one cannot look
+    # into: the requeued job (the same SLURM job) takes its own lock back, saying so.
+    planted = {"host": "a-lost-node", "pid": 1, "started": "", "slurm_job": job, "taken_at": time.time(), "token": "x"}
+    (tmp_path / "chain" / "run.lock").write_text(json.dumps(planted))
     # SLURM holds a requeued job for about two minutes: let the second job run to the end (a chain of two
     # jobs) and train the uninterrupted run meanwhile, with the same two processes.
     subprocess.run(["scontrol", "update", f"JobId={job}", "TimeLimit=10"], check=True, env=environment, timeout=60)
@@ -175,6 +179,9 @@ def test_a_time_limit_saves_requeues_and_the_chain_trains_like_one_run(cluster, 
     output = log.read_text()
     stopped = [line for line in output.splitlines() if line.startswith("Stopped at step ")]
     assert len(stopped) == 1 and "on SIGUSR1" in stopped[0] and f"requeued SLURM job {job}" in stopped[0], output
+    assert f"took over the run lock {tmp_path / 'chain' / 'run.lock'}" in output, output
+    assert f"it was this SLURM job ({job}) before its requeue or restart" in output, output
+    assert not (tmp_path / "chain" / "run.lock").exists()  # released at the end
     stop_step = int(stopped[0].split()[3].replace(",", ""))
     assert 0 < stop_step < int(steps)
     chain, uninterrupted = metrics(tmp_path / "chain", "train_loss"), metrics(tmp_path / "reference", "train_loss")
