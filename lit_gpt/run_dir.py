@@ -16,9 +16,9 @@ records who holds it -- host, process id and its start time, SLURM job id, the t
 thread touches it every ``HEARTBEAT_S`` seconds, so a refusal can say when the holder was last alive.
 
 A lock is taken over only when its holder is provably gone, and the run says so:
-- the holder's SLURM job is this job (a requeued job takes its own lock back), or SLURM reports that
-  job as no longer running (ended, cancelled, requeued and waiting);
-- the holder ran on this host and its process is gone (a ``kill -9``, a crash, torchrun's restart).
+- the holder ran on this host and its process is gone (a ``kill -9``, a crash, torchrun's restart);
+- the holder ran on another host in this SLURM job (a requeued job takes its own lock back), or in a
+  job that SLURM reports as no longer running (ended, cancelled, requeued and waiting).
 Anything else (a holder on another host outside SLURM, however old its heartbeat) is refused with the
 heartbeat's age and the way to clear it by hand: delete ``run.lock`` once that process is known to be gone.
 """
@@ -196,12 +196,13 @@ def heartbeat_age(path: Path) -> float | None:
 
 
 def why_gone(holder: Holder) -> str | None:
-    """Why ``holder`` provably no longer runs, or None where it may still."""
+    """Why ``holder`` provably no longer runs, or None where it may still. On its own host its process
+    answers; elsewhere SLURM does: this very job (requeued or restarted), or a job that has ended."""
+    if holder.host == socket.gethostname():
+        return None if process_exists(holder.pid, holder.started) else f"process {holder.pid} no longer exists"
     job = slurm_job()
     if holder.slurm_job is not None and holder.slurm_job == job:
         return f"it was this SLURM job ({job}) before its requeue or restart"
-    if holder.host == socket.gethostname():
-        return None if process_exists(holder.pid, holder.started) else f"process {holder.pid} no longer exists"
     if holder.slurm_job is not None:
         state = slurm_job_state(holder.slurm_job)
         if state is not None and state not in ALIVE_SLURM_STATES:
