@@ -39,38 +39,54 @@ def test_a_damaged_shard_on_two_ranks_with_workers_is_one_error_line(data, tmp_p
     assert result.returncode == 1 and set(worker_exit_codes(result.stderr)) == {2}, result.stderr[-3000:]
 
 
+def start(command: list[str], log: Path) -> subprocess.Popen:
+    """``command`` in the background, its stdout and stderr in ``log``.out/.err (a pipe nobody reads
+    would stop it once full)."""
+    with open(f"{log}.out", "w") as stdout, open(f"{log}.err", "w") as stderr:
+        return subprocess.Popen(command, stdout=stdout, stderr=stderr, text=True)
+
+
+def worker(out_dir: Path, rank: int) -> int | None:
+    """The process id of the training process of global rank ``rank`` (torchrun sets RANK), if running."""
+    for pid in processes_with(str(out_dir), launchers=False):
+        try:
+            if f"RANK={rank}".encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                return pid
+        except OSError:
+            continue  # it ended meanwhile
+    return None
+
+
 def test_a_killed_rank_leaves_one_line_from_rank_0_and_the_lock_released(data, tmp_path, no_process_left):
     out_dir = tmp_path / "out"
     args = train_args(data, out_dir, "--max_steps", "5000", "--eval_interval", "10000", "--devices", "2")
-    job = subprocess.Popen(
-        [*torchrun(2), str(SCRIPT), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    job = start([*torchrun(2), str(SCRIPT), *args], tmp_path / "job")
     while not (out_dir / "metrics.csv").exists() or len((out_dir / "metrics.csv").read_text().splitlines()) < 5:
-        assert job.poll() is None, job.communicate()
+        assert job.poll() is None, (tmp_path / "job.err").read_text()
         time.sleep(0.2)
-    workers = processes_with(str(out_dir), launchers=False)
-    subprocess.run(["kill", "-9", str(workers[-1])], check=True)
-    stdout, stderr = job.communicate(timeout=300)
-    assert job.returncode == 1
-    assert stderr.count("rank 0: stopping: another rank failed or was stopped") <= 1, stderr[-3000:]
+    subprocess.run(["kill", "-9", str(worker(out_dir, 1))], check=True)
+    assert job.wait(timeout=300) == 1
+    stderr = (tmp_path / "job.err").read_text()
+    assert stderr.count("rank 0: stopping: another rank failed or was stopped") == 1, stderr[-3000:]
     assert not WORKER_TRACEBACK.search(stderr), stderr[-3000:]
     assert "error: " not in stderr and not (out_dir / LOCK).exists()
 
 
-def kill_a_worker_after_each_new_checkpoint(out_dir: Path, job: subprocess.Popen, kills: int) -> list[int]:
-    """kill -9 one worker (rank 1, then 0, ...) each time the run has saved a checkpoint newer than the one
-    it restarted from; returns the steps of the checkpoints that each restart had to resume from."""
+def kill_a_worker_after_each_resume(out_dir: Path, job: subprocess.Popen, log: Path, kills: int) -> list[int]:
+    """kill -9 one worker (rank 1, then 0, ...) each time the run, started or restarted, has resumed and
+    saved a checkpoint newer than the one it resumed from; returns the newest checkpoint at each kill."""
     killed_after = []
     for kill in range(kills):
         newest = killed_after[-1] if killed_after else 0
         while True:
-            assert job.poll() is None, job.communicate()
+            assert job.poll() is None, Path(f"{log}.err").read_text()[-3000:]
+            resumed = Path(f"{log}.out").read_text().count("Resumed from ")
             saved = sorted(int(p.name[5:]) for p in out_dir.glob("step-*"))
-            workers = processes_with(str(out_dir), launchers=False)
-            if saved and saved[-1] > newest and len(workers) == 2:
+            pid = worker(out_dir, 1 - kill % 2)
+            if resumed == kill and saved and saved[-1] > newest and pid is not None:
                 break
             time.sleep(0.1)
-        subprocess.run(["kill", "-9", str(workers[1 - kill % 2])], check=False)
+        subprocess.run(["kill", "-9", str(pid)], check=False)
         killed_after.append(saved[-1])
     return killed_after
 
@@ -81,12 +97,11 @@ def test_torchrun_restarts_after_three_kills_end_with_the_uninterrupted_losses(d
     reference = tmp_path / "reference"
     subprocess.run([*torchrun(2), str(SCRIPT), *train_args(data, reference, *extra)], check=True, capture_output=True)
 
-    out_dir = tmp_path / "out"
-    command = [*torchrun(2, "--max-restarts", "3"), str(SCRIPT), *train_args(data, out_dir, *extra)]
-    job = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    killed_after = kill_a_worker_after_each_new_checkpoint(out_dir, job, kills=3)
-    stdout, stderr = job.communicate(timeout=600)
-    assert job.returncode == 0, stderr[-4000:]
+    out_dir, log = tmp_path / "out", tmp_path / "job"
+    job = start([*torchrun(2, "--max-restarts", "3"), str(SCRIPT), *train_args(data, out_dir, *extra)], log)
+    killed_after = kill_a_worker_after_each_resume(out_dir, job, log, kills=3)
+    assert job.wait(timeout=600) == 0, Path(f"{log}.err").read_text()[-4000:]
+    stdout = Path(f"{log}.out").read_text()
     resumed = [int(step.replace(",", "")) for step in re.findall(r"Resumed from \S+ at step ([\d,]+)", stdout)]
     assert len(resumed) == 3 and np.all(np.array(resumed) >= np.array(killed_after)), (resumed, killed_after)
     assert metrics(out_dir, "train_loss") == metrics(reference, "train_loss")
