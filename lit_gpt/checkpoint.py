@@ -164,7 +164,7 @@ class CheckpointWriter:
         tmp = self.out_dir / f".tmp-{final.name}"
         tensors, metadata = sharded_state(state)
         metadata |= {"format_version": FORMAT_VERSION, "code_version": self.code_version}
-        self.needed = self.check_space(tensors, final)
+        self.needed = self.check_space(tensors, final, tmp)
 
         def describe() -> None:  # rank 0: the directory, and the files that describe the checkpoint
             if tmp.exists():
@@ -193,7 +193,7 @@ class CheckpointWriter:
         self.fabric.barrier()
         return final
 
-    def check_space(self, tensors: dict[str, Any], final: Path) -> int:
+    def check_space(self, tensors: dict[str, Any], final: Path, tmp: Path) -> int:
         """The bytes this checkpoint needs (every rank's tensors, and a margin for the small files);
         refused on every rank where the filesystem of ``out_dir`` has fewer free."""
         from torch.utils._pytree import tree_leaves
@@ -221,7 +221,7 @@ class CheckpointWriter:
             ).item()
         )
         if problem is not None:
-            raise self.write_failed(problem, final, self.out_dir / f".tmp-{final.name}")
+            raise self.write_failed(problem, final, tmp)
         if not room:
             raise OutOfSpace(self.no_space(final, needed, free))
         return needed

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from lit_gpt.errors import InvalidInput
-from lit_gpt.run_dir import LOCK, Holder, RunLock, read_holder
+from lit_gpt.run_dir import LOCK, Holder, RunLock, process_start, read_holder
 
 from conftest import REPO_ROOT, assert_refused, metrics, processes_with, train_args
 
@@ -35,8 +35,6 @@ def plant(out_dir: Path, **fields) -> Holder:
 def test_a_live_holder_is_refused_and_a_gone_one_taken_over(tmp_path):
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        from lit_gpt.run_dir import process_start
-
         plant(tmp_path, pid=sleeper.pid, started=process_start(sleeper.pid))
         with pytest.raises(InvalidInput, match=f"in use by another run \\(process {sleeper.pid} on "):
             RunLock(tmp_path).acquire()
