@@ -137,7 +137,7 @@ class CheckpointWriter:
             "model_config.json": model_config.to_dict(),
             "hyperparameters.json": run_config,
         }
-        self.tokenizer = Tokenizer(tokenizer_path).path if tokenizer_path is not None else None
+        self.tokenizer_files = Tokenizer(tokenizer_path).files if tokenizer_path is not None else []
         self.background = background
         self.code_version = code_version()
         # The writer thread's collectives need a process group of their own, next to training's (and on
@@ -176,8 +176,8 @@ class CheckpointWriter:
                 write_manifests(self.out_dir, self.fingerprint)
             for name, content in self.files.items():
                 (tmp / name).write_text(json.dumps(content, indent=2, default=str))
-            if self.tokenizer is not None:
-                shutil.copy(self.tokenizer, tmp / "tokenizer.model")
+            for path in self.tokenizer_files:  # tokenizer.model, or tokenizer.json and its companions
+                shutil.copy(path, tmp / path.name)
 
         self.on_rank_0(describe, final, tmp)
         try:

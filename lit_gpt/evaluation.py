@@ -58,7 +58,7 @@ class GPTEvalModel(TemplateLM):
         """``model``: a GPT, or the same sharded (called identically on every rank); ``block_size``: the
         longest sequence it takes (the context is cut from the left to fit, as the harness's models do)."""
         super().__init__()
-        self.model, self.sp, self.block_size, self.scoring_batch = model, tokenizer, block_size, batch_size
+        self.model, self.tokenizer, self.block_size, self.scoring_batch = model, tokenizer, block_size, batch_size
         self.ranks = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
         self.my_rank = dist.get_rank() if self.ranks > 1 else 0
         self.model_device = next(model.parameters()).device
@@ -67,21 +67,22 @@ class GPTEvalModel(TemplateLM):
 
     @property
     def eot_token_id(self) -> int:
-        return self.sp.eos_id
+        return self.tokenizer.eos_id
 
     @property
     def prefix_token_id(self) -> int:
-        return self.sp.bos_id  # what every training document starts with
+        return self.tokenizer.boundary.id  # what precedes every training document: its BOS, or the last one's EOS
 
     @property
     def max_length(self) -> int:
         return self.block_size
 
     def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs: Any) -> list[int]:
-        return self.sp.encode(string, bos=add_special_tokens is not False)
+        before = self.tokenizer.boundary.position == "before"  # as the exported tokenizer encodes for the hf backend
+        return self.tokenizer.encode(string, bos=before and add_special_tokens is not False)
 
     def tok_decode(self, tokens: list[int], **kwargs: Any) -> str:
-        return self.sp.decode(tokens)
+        return self.tokenizer.decode(tokens)
 
     # ---------------------------------------------------------------------------------- scoring
 
@@ -157,13 +158,13 @@ class GPTEvalModel(TemplateLM):
             raise NotImplementedError("Generative tasks run in one process: use scripts/evaluate.py without torchrun")
         answers = []
         for context, settings in tqdm([r.args for r in requests], desc="generating", disable=disable_tqdm):
-            until = settings.get("until") or [self.sp.decode([self.eot_token_id])]
+            until = settings.get("until") or [self.tokenizer.id_to_token(self.eot_token_id)]
             until = [until] if isinstance(until, str) else until
             new_tokens = settings.get("max_gen_toks", 256)
             prompt = self.tok_encode(context)[-(self.block_size - new_tokens) :]
             temperature = settings.get("temperature", 0.0) if settings.get("do_sample") else 0.0
             tokens = generate(self.model, prompt, new_tokens, temperature=temperature, eos_id=self.eot_token_id)
-            text = self.sp.decode(tokens)
+            text = self.tokenizer.decode(tokens)
             for stop in until:
                 text = text.split(stop)[0]
             answers.append(text)

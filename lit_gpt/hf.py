@@ -107,7 +107,7 @@ def hf_to_lit(state_dict: dict[str, torch.Tensor], config: Config) -> dict[str, 
     return converted
 
 
-def hf_llama_config(config: Config, dtype: torch.dtype, bos_id: int = 1, eos_id: int = 2) -> dict[str, Any]:
+def hf_llama_config(config: Config, dtype: torch.dtype, bos_id: int | None = 1, eos_id: int = 2) -> dict[str, Any]:
     """config.json of a Hugging Face ``LlamaForCausalLM`` with the shape of ``config`` (Llama 2's special
     token ids unless a tokenizer says otherwise)."""
     return {
@@ -221,7 +221,7 @@ def save_hf_weights(
         (output_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
 
 
-def tokenizer_config(tokenizer: Tokenizer, model_max_length: int) -> dict:
+def sentencepiece_config(tokenizer: Tokenizer, model_max_length: int) -> dict:
     """tokenizer_config.json for Llama's SentencePiece tokenizer, BOS added as in training."""
     processor = tokenizer.processor
     return {
@@ -230,7 +230,7 @@ def tokenizer_config(tokenizer: Tokenizer, model_max_length: int) -> dict:
         "eos_token": processor.id_to_piece(tokenizer.eos_id),
         "unk_token": processor.id_to_piece(processor.unk_id()),
         "pad_token": None,
-        "add_bos_token": True,
+        "add_bos_token": tokenizer.boundary.position == "before",
         "add_eos_token": False,
         "legacy": False,
         "add_prefix_space": None,
@@ -253,6 +253,38 @@ def write_fast_tokenizer(directory: Path) -> None:
         print(f"Note: no tokenizer.json written ({error.__class__.__name__}: {str(error).splitlines()[0]})")
 
 
+def write_hf_tokenizer(directory: Path, tokenizer: Tokenizer, model_max_length: int) -> None:
+    """The tokenizer files that ``AutoTokenizer.from_pretrained(directory)`` loads as they are and that
+    encode as training did: BOS before each text where documents start with one, nothing added otherwise."""
+    if tokenizer.backend == "sentencepiece":
+        shutil.copy(tokenizer.path, directory / "tokenizer.model")
+        config = sentencepiece_config(tokenizer, model_max_length)
+        (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+        write_fast_tokenizer(directory)
+        return
+    from tokenizers import processors
+
+    hf = tokenizer.hf
+    if tokenizer.boundary.position == "before" and hf.encode("a").ids[:1] != [tokenizer.bos_id]:
+        hf = type(hf).from_str(hf.to_str())  # a copy, with the post-processor that Llama 3's has
+        bos = tokenizer.boundary.token
+        hf.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tokenizer.bos_id)]
+        )
+    hf.save(str(directory / "tokenizer.json"))
+    companion = tokenizer.path.with_name("tokenizer_config.json")
+    config = json.loads(companion.read_text()) if companion.is_file() else {}
+    special = {
+        "bos_token": tokenizer.id_to_token(tokenizer.bos_id) if tokenizer.bos_id is not None else None,
+        "eos_token": tokenizer.id_to_token(tokenizer.eos_id),
+    }
+    config |= special | {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": model_max_length}
+    config.setdefault("clean_up_tokenization_spaces", False)
+    (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+    special_map = {key: value for key, value in special.items() if value is not None}
+    (directory / "special_tokens_map.json").write_text(json.dumps(special_map, indent=2))
+
+
 def write_hf_model(
     directory: Path,
     weights: dict[str, torch.Tensor],
@@ -272,10 +304,7 @@ def write_hf_model(
     generation = {"bos_token_id": hf_config["bos_token_id"], "eos_token_id": hf_config["eos_token_id"]}
     (directory / "generation_config.json").write_text(json.dumps(generation, indent=2))
     if tokenizer is not None:
-        shutil.copy(tokenizer.path, directory / "tokenizer.model")
-        config_json = tokenizer_config(tokenizer, config.block_size)
-        (directory / "tokenizer_config.json").write_text(json.dumps(config_json, indent=2))
-        write_fast_tokenizer(directory)
+        write_hf_tokenizer(directory, tokenizer, config.block_size)
 
 
 def read_hf_model(checkpoint_dir: Path) -> tuple[Config, dict[str, torch.Tensor]]:

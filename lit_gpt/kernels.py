@@ -33,11 +33,14 @@ import importlib
 import math
 from collections.abc import Callable, Iterator
 from types import ModuleType
-from typing import Literal, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
+
+if TYPE_CHECKING:
+    from lit_gpt.tokenizer import Boundary
 
 Backend = Literal["fused", "reference"]
 AttentionMask = torch.Tensor | BlockMask  # boolean, broadcastable to (B, H, T, S), or FlexAttention's
@@ -240,11 +243,14 @@ def attention_reference(
     return (scores.softmax(dim=-1).to(v.dtype) @ v).transpose(1, 2)
 
 
-def document_ids(idx: torch.Tensor, bos_id: int) -> torch.Tensor:
-    """For token ids (B, T), each token's document within its sequence: the number of ``bos_id`` tokens
-    up to it. The tokens before the first BOS -- the end of a document that began in an earlier block, or
-    a whole block without BOS -- are document 0, one segment like any other."""
-    return (idx == bos_id).cumsum(dim=1)
+def document_ids(idx: torch.Tensor, boundary: Boundary) -> torch.Tensor:
+    """For token ids (B, T), each token's document within its sequence: with BOS before each document, the
+    number of BOS tokens up to it; with EOS after each document, the number of EOS tokens before it (an EOS
+    belongs to the document it ends). The tokens before the first boundary -- the end of a document that
+    began in an earlier block, or a whole block without one -- are document 0, a segment like any other."""
+    marks = idx == boundary.id
+    counts = marks.cumsum(dim=1)
+    return counts if boundary.position == "before" else counts - marks.long()
 
 
 def dense_document_mask(documents: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn as nn
@@ -21,6 +21,9 @@ from torch.utils.checkpoint import checkpoint
 from lit_gpt import kernels
 from lit_gpt.config import Config
 from lit_gpt.errors import InvalidInput, TensorMismatch
+
+if TYPE_CHECKING:
+    from lit_gpt.tokenizer import Boundary
 
 Checkpointing = Literal["none", "full", "selective"]
 
@@ -75,7 +78,7 @@ class GPT(nn.Module):
         input_pos: torch.Tensor | None = None,
         targets: torch.Tensor | None = None,
         z_loss: float = 0.0,
-        bos_id: int | None = None,
+        boundary: Boundary | None = None,
         logits_at: torch.Tensor | None = None,
     ) -> torch.Tensor | kernels.LossTerms:
         """Logits (B, T, padded_vocab_size) for token ids ``idx`` (B, T), or with ``targets`` the loss.
@@ -85,8 +88,8 @@ class GPT(nn.Module):
         the mean cross-entropy (plus ``z_loss`` x the mean squared logsumexp of the logits) is computed
         chunk by chunk without materialising the logits; ``LossTerms`` holds it and the z term.
 
-        With ``bos_id`` (training with ``--document_mask``) each token attends only to the earlier tokens
-        of its own document, a document starting at every ``bos_id`` (``kernels.document_ids``). The
+        With ``boundary`` (training with ``--document_mask``) each token attends only to the earlier tokens
+        of its own document, documents cut at the tokenizer's boundary token (``kernels.document_ids``). The
         rotary positions need not restart at each document: RoPE's scores depend on the distance between
         two positions only, so a document scores alike wherever it sits in the block.
 
@@ -100,10 +103,10 @@ class GPT(nn.Module):
                 raise ValueError(f"Sequence length {T} exceeds the model's block_size {self.config.block_size}")
             input_pos = torch.arange(T, device=idx.device)
         mask = None
-        if bos_id is not None:
+        if boundary is not None:
             if self.transformer.h[0].attn.kv_cache is not None:
                 raise ValueError("Document masks are for training; decoding with a KV cache scores one text")
-            mask = kernels.document_mask(kernels.document_ids(idx, bos_id))  # once, for every layer
+            mask = kernels.document_mask(kernels.document_ids(idx, boundary))  # once, for every layer
         cos, sin = kernels.rope_cache(input_pos, self.config.head_size, self.config.rope_base)
         x = self.transformer.wte(idx)
         every = {"none": 0, "full": 1, "selective": 2}[self.activation_checkpointing]

@@ -16,13 +16,13 @@ from typing import Any, Literal
 import torch
 
 from lit_gpt.config import Config
-from lit_gpt.data.index import file_sha256
+from lit_gpt.data.index import TokenizerRecord
 from lit_gpt.data.loader import BlockLoader, ShardedBlocks, SourceListing, create_loader, read_listing
 from lit_gpt.errors import InvalidInput
 from lit_gpt.model import Checkpointing
 from lit_gpt.schedule import DecayShape, LearningRate, Stage, StagePlan
 from lit_gpt.spikes import SpikeGuard
-from lit_gpt.tokenizer import Tokenizer
+from lit_gpt.tokenizer import Boundary, Tokenizer
 
 Precision = Literal["bf16-mixed", "bf16-true", "32-true"]
 
@@ -122,12 +122,13 @@ class RunConfig:
             added, removed or resized, as in continual pretraining on grown data).
         initial_checkpoint: a lit checkpoint directory (scripts/convert_hf_checkpoint.py) whose weights
             start the run.
-        document_mask: attend only within each document (a document starts at each BOS of the tokenizer
-            at tokenizer_path; the part of a document that began in an earlier block is a segment of its
-            own), as Llama 3 and OLMo 2 train; false: causal attention across the packed documents, as
-            TinyLlama trained. Training only: validation, benchmarks and the converted model score single
-            texts and are unaffected. Rotary positions are not restarted at each document: RoPE depends
-            on distances between positions only, so that would change rounding, nothing else.
+        document_mask: attend only within each document (documents are cut at the boundary token of the
+            tokenizer at tokenizer_path, its BOS before each document or its EOS after each; the part of a
+            document that began in an earlier block is a segment of its own), as Llama 3 and OLMo 2
+            train; false: causal attention across the packed documents, as TinyLlama trained. Training
+            only: validation, benchmarks and the converted model score single texts and are unaffected.
+            Rotary positions are not restarted at each document: RoPE depends on distances between
+            positions only, so that would change rounding, nothing else.
         compile: compile each transformer block and the training loss with torch.compile.
         activation_checkpointing: none; full: recompute every block's activations in the backward pass
             instead of keeping them (least memory, about a third more compute); selective: every other
@@ -236,14 +237,14 @@ class RunConfig:
             )
         return SpikeGuard(self.spike_window, self.spike_sigma, enabled=self.spike_guard)
 
-    def document_bos_id(self) -> int | None:
-        """The id at which documents start, for ``--document_mask``: the tokenizer's BOS (None without
-        the mask)."""
+    def document_boundary(self) -> Boundary | None:
+        """Where documents are cut, for ``--document_mask``: the tokenizer's boundary token (BOS before each
+        document, or EOS after it; None without the mask)."""
         if not self.document_mask:
             return None
         if self.tokenizer_path is None:
-            raise InvalidInput("--document_mask true needs --tokenizer_path: documents start at its BOS token")
-        return Tokenizer(self.tokenizer_path).bos_id
+            raise InvalidInput("--document_mask true needs --tokenizer_path: documents are cut at its boundary token")
+        return Tokenizer(self.tokenizer_path).boundary
 
     def resolved_precision(self) -> Precision:
         """The precision asked for, or the best the machine has: bf16-mixed on GPUs that support it."""
@@ -348,7 +349,8 @@ class RunConfig:
         }
 
     def check_tokenizer(self, config: Config, sources: list[ShardedBlocks]) -> None:
-        """The tokenizer fits the model, and the shards (where their index says) were made with it."""
+        """The tokenizer fits the model, and the shards (where their index says) were made with it and
+        carry its document boundary."""
         if self.tokenizer_path is None:
             return
         tokenizer = Tokenizer(self.tokenizer_path)
@@ -357,11 +359,11 @@ class RunConfig:
                 f"Tokenizer {tokenizer.path} has {tokenizer.vocab_size} tokens but model {self.model_name} only "
                 f"{config.vocab_size}; set --model_config.vocab_size or use another tokenizer"
             )
-        digest = file_sha256(tokenizer.path)
+        ours = TokenizerRecord(tokenizer.sha256, tokenizer.boundary.to_dict())
         for source in sources:
-            for index_file, recorded in source.tokenizer_digests.items():
-                if recorded != digest:
+            for index_file, recorded in source.tokenizers.items():
+                if not recorded.agrees_with(ours):
                     raise InvalidInput(
-                        f"{source.directory / index_file} records shards made with another tokenizer (sha256 "
-                        f"{recorded[:12]}) than {tokenizer.path} (sha256 {digest[:12]})"
+                        f"{source.directory / index_file} records shards made with another tokenizer ({recorded}) "
+                        f"than {tokenizer.path} ({ours}); pass the tokenizer the shards were made with"
                     )

@@ -1,7 +1,8 @@
 """Model weights on disk: reading them from a lit or training checkpoint (or a Hugging Face directory)
 into one process, and writing a converted checkpoint directory atomically.
 
-A lit checkpoint is ``model.safetensors`` + ``model_config.json`` (+ ``tokenizer.model``): what conversion
+A lit checkpoint is ``model.safetensors`` + ``model_config.json`` (+ the tokenizer's files: ``tokenizer.json``
+and its companions, or ``tokenizer.model``): what conversion
 from Hugging Face writes. A training checkpoint (``lit_gpt.checkpoint``) holds the model sharded by
 torch.distributed.checkpoint, written by any number of ranks; ``load_model_weights`` reads it whole.
 """
@@ -21,7 +22,7 @@ from lit_gpt.config import Config
 from lit_gpt.errors import MissingInput, OutputExists
 from lit_gpt.hf import read_hf_model
 from lit_gpt.model import GPT, check_state_dict
-from lit_gpt.tokenizer import Tokenizer
+from lit_gpt.tokenizer import HF_FILE, SENTENCEPIECE_FILE, Tokenizer
 
 
 def read_model_config(checkpoint_dir: Path) -> Config:
@@ -79,8 +80,8 @@ def find_tokenizer(checkpoint_dir: Path, tokenizer_path: Path | None) -> Tokeniz
     """The tokenizer given, else the copy that a training or lit checkpoint carries, else none."""
     if tokenizer_path is not None:
         return Tokenizer(tokenizer_path)
-    if (checkpoint_dir / "tokenizer.model").is_file():
-        return Tokenizer(checkpoint_dir / "tokenizer.model")
+    if any((checkpoint_dir / name).is_file() for name in (HF_FILE, SENTENCEPIECE_FILE)):
+        return Tokenizer(checkpoint_dir)
     return None
 
 

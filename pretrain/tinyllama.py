@@ -48,6 +48,7 @@ from lit_gpt.run import RunConfig
 from lit_gpt.run_dir import claim_out_dir, release_locks
 from lit_gpt.schedule import StagePlan
 from lit_gpt.spikes import SpikeGuard
+from lit_gpt.tokenizer import Boundary
 from lit_gpt.validation import Evaluations, task_evaluator
 from lit_gpt.watchdog import (
     TIMEOUT_STATUS,
@@ -93,7 +94,7 @@ def check_inputs(run: RunConfig) -> None:
             )
     if run.tokenizer_path is not None:
         Tokenizer(run.tokenizer_path)
-    run.document_bos_id()
+    run.document_boundary()
     run.stage_plan(run.model(), launched_world_size(run.devices, run.num_nodes))
 
 
@@ -258,7 +259,7 @@ def train(
     throughput.start(state["step"], plan.tokens_before(state["step"]))
     names = [source.name for source in run.train_data]
     source_tokens = SourceTokens(names, config.block_size, train_loader.state_dict()["taken"])
-    bos_id = run.document_bos_id()  # --document_mask
+    boundary = run.document_boundary()  # --document_mask
     nonfinite_in_a_row, started, first_step = 0, time.perf_counter(), state["step"]
     while state["step"] < plan.max_steps:
         step = state["step"]
@@ -267,7 +268,7 @@ def train(
         if step > 0 and plan.stage_index(step) != plan.stage_index(step - 1):
             guard.reset()  # a new batch size or mixture moves the loss: measure it afresh
         measured = train_step(
-            fabric, state, batches, accumulation, lr, run.grad_clip, run.z_loss, guard, stop.flag, bos_id
+            fabric, state, batches, accumulation, lr, run.grad_clip, run.z_loss, guard, stop.flag, boundary
         )
         if step == first_step:
             set_collective_timeout(run.collective_timeout)  # start-up and the first step are over
@@ -344,13 +345,13 @@ def train_step(
     z_loss: float,
     guard: SpikeGuard,
     stop_flag: float = 0.0,
-    bos_id: int | None = None,
+    boundary: Boundary | None = None,
 ) -> dict:
     """One optimizer step over ``accumulation`` micro-batches per rank. The update is applied only when
         the loss and the gradient norm are finite and ``guard`` finds no spike. Returns the loss, the z-loss
         term, the gradient norm (averaged and global), the guard's verdict, and whether any rank's
         ``stop_flag`` was set (carried by the loss's all-reduce: no collective of its own, which also tells every
-    rank of a data error on any rank: ``CheckedBatches``). With ``bos_id``
+    rank of a data error on any rank: ``CheckedBatches``). With ``boundary``
         attention stays inside each document (--document_mask; see ``GPT.forward``)."""
     model, optimizer = state["model"], state["optimizer"]
     for group in optimizer.param_groups:
@@ -359,7 +360,7 @@ def train_step(
     for micro_step in range(accumulation):
         batch = next(batches).to(fabric.device, non_blocking=True)
         with fabric.no_backward_sync(model, enabled=micro_step < accumulation - 1):
-            terms = model(batch[:, :-1], targets=batch[:, 1:], z_loss=z_loss, bos_id=bos_id)
+            terms = model(batch[:, :-1], targets=batch[:, 1:], z_loss=z_loss, boundary=boundary)
             fabric.backward(terms.loss / accumulation)
         sums += torch.stack([terms.loss.detach(), terms.z_term])
     flags = torch.cat([torch.tensor([stop_flag]), batches.flags(fabric.global_rank, fabric.world_size)])

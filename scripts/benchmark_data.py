@@ -1,6 +1,6 @@
 """Data-path throughput, each figure against its baseline in the same run.
 
-(a) raw SentencePiece batch encoding of the corpus text (all cores): the ceiling for preparation;
+(a) raw batch encoding of the corpus text by the tokenizer library (all cores): the ceiling for preparation;
 (b) scripts/prepare_slimpajama.py end to end, start-up included, on the same text and cores: target
     >= 0.85 x (a);
 (c) the training loader in one process, batches of 8 x 2049 tokens: target >= 150M tokens/s;
@@ -32,27 +32,24 @@ from __future__ import annotations
 
 import contextlib
 import json
-import multiprocessing
-import multiprocessing.synchronize
 import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import zstandard
+from benchmark_shard_checks import shard_checks  # scripts/, the folder of the script run, is on sys.path
+from benchmark_tokenization import preparation_figures
 from tqdm import tqdm
 
 from lit_gpt import Tokenizer
 from lit_gpt.cli import run
 from lit_gpt.data.corpora import Skips, read_slimpajama, slimpajama_files
-from lit_gpt.data.index import INDEX_SUFFIX, Index, ShardTable, index_directory
-from lit_gpt.data.integrity import ShardChecks
+from lit_gpt.data.index import INDEX_SUFFIX, Index, ShardTable
 from lit_gpt.data.loader import create_loader
 from lit_gpt.data.prepare import RESULTS_PER_WORKER, prepare_corpus
 from lit_gpt.data.shards import (
@@ -62,36 +59,9 @@ from lit_gpt.data.shards import (
     VERSION,
     ShardWriter,
     checksum,
-    read_header,
-    write_shard,
 )
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def build_corpus(workdir: Path, megabytes: int) -> tuple[Path, list[str]]:
-    """A SlimPajama-layout corpus of at least ``megabytes`` MB of text, and its documents."""
-    subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "make_sample_corpus.py"), "--destination", str(workdir / "sample")],
-        check=True,
-        capture_output=True,
-    )
-    sample = [
-        text
-        for path in slimpajama_files(workdir / "sample" / "SlimPajama-627B", "train")
-        for text in read_slimpajama(path, Skips(), frozenset({"RedPajamaGithub"}))
-    ]
-    source = workdir / "corpus"
-    texts: list[str] = []
-    file_index = 0
-    while sum(map(len, texts)) < megabytes * 1e6:
-        lines = [json.dumps({"text": t, "meta": {"redpajama_set_name": "RedPajamaC4"}}) for t in sample]
-        path = source / "train" / "chunk1" / f"example_train_{file_index}.jsonl.zst"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(zstandard.ZstdCompressor(level=3).compress("\n".join(lines).encode()))
-        texts.extend(sample)
-        file_index += 1
-    return source, texts
 
 
 def benchmark_data(
@@ -105,8 +75,8 @@ def benchmark_data(
     """Print the figures and their ratios to the targets.
 
     Args:
-        tokenizer_path: the SentencePiece model to tokenize with (the figures in the README use the
-            demo tokenizer and, where available, Llama 2's).
+        tokenizer_path: the tokenizer to tokenize with (the figures in the README use the demo
+            tokenizer; scripts/benchmark_tokenization.py compares the backends and datatrove).
         megabytes: text to tokenize; the issue asks for at least 50.
         shards_per_source: sparse shards of the two sources for the start-up figure (e).
         existing_shards: shards already in the output directory for the preparation figure (f).
@@ -135,27 +105,7 @@ def benchmark_data(
 
 def corpus_figures(workdir: Path, tokenizer: Tokenizer, megabytes: int, cores: int) -> tuple[Path, list[str], Path]:
     """(a) to (d) on the sample-corpus text: the corpus, its documents and the prepared shards."""
-    source, texts = build_corpus(workdir, megabytes)
-    text_mb = sum(len(t.encode()) for t in texts) / 1e6
-    print(f"corpus: {text_mb:.0f} MB of text in {len(texts):,} documents; {cores} cores; tokenizer {tokenizer.path}")
-
-    start = time.perf_counter()
-    raw_tokens = sum(map(len, tokenizer.encode_batch(texts, bos=True, num_threads=cores)))
-    raw_rate = raw_tokens / (time.perf_counter() - start)
-    print(f"(a) SentencePiece batch encode:     {raw_rate / 1e6:8.2f} M tokens/s")
-
-    shards = workdir / "shards"
-    start = time.perf_counter()
-    command = [sys.executable, str(REPO / "scripts" / "prepare_slimpajama.py"), "--source_path", str(source)]
-    command += ["--tokenizer_path", str(tokenizer.path), "--destination_path", str(shards)]
-    subprocess.run(command, check=True, capture_output=True)
-    prep_seconds = time.perf_counter() - start
-    written = sum(read_header(p)[1] for p in shards.glob("*.bin"))
-    prep_rate = written / prep_seconds
-    print(
-        f"(b) prepare_slimpajama end to end:  {prep_rate / 1e6:8.2f} M tokens/s "
-        f"= {prep_rate / raw_rate:.2f} x (a) (target >= 0.85); {written:,} of {raw_tokens:,} tokens written"
-    )
+    source, texts, shards, _ = preparation_figures(workdir, tokenizer, megabytes, cores, target=0.85)
 
     loader = create_loader([shards], block_size=2048, micro_batch_size=8)
     batches, tokens = iter(loader), 0
@@ -178,102 +128,6 @@ def corpus_figures(workdir: Path, tokenizer: Tokenizer, megabytes: int, cores: i
     restore_seconds = time.perf_counter() - start
     print(f"(d) restore at step 1,000,000:      {restore_seconds:8.3f} s (target < 2 s)")
     return source, texts, shards
-
-
-class NoChecks(ShardChecks):
-    """The loader as it was before shard content checks, for the baseline of (h): each shard is mapped
-    when opened (``ShardChecks.open`` with nothing scanned ahead), and nothing is scanned or compared."""
-
-    def ahead(self, shards: list[int]) -> None:
-        pass
-
-    def check(self, shard: int, tokens: np.ndarray) -> None:
-        pass
-
-
-def shard_checks(directory: Path, shards: int = 48, epochs: int = 4, rounds: int = 3) -> None:
-    """(h): the loader over 48 shards of 1M tokens for 4 epochs, with its shard content checks against
-    without them, rounds interleaved. Every shard is checked when the loader first opens it, in the first
-    epoch; the later epochs reopen shards that passed, which are not checked again."""
-    directory.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for i in range(shards):
-        write_shard(directory / f"train_x_0_{i:010d}.bin", rng.integers(0, 32000, 2049 * 512, dtype=np.uint16))
-    index_directory(directory)
-    steps_per_epoch = shards * 512 // 8
-
-    def rates(checked: bool) -> tuple[float, float, float]:
-        """Tokens/s in the first epoch after its first batch and in the later epochs, and the seconds of
-        the first batch (which waits for the checks of its shards: once per job, not per shard)."""
-        loader = create_loader([directory], block_size=2048, micro_batch_size=8, vocab_size=32000)
-        if not checked:
-            source = loader.dataset.sources[0]
-            source.checks = NoChecks(source.directory, source.names, source.checks.checksums, None)
-        batches = iter(loader)
-        start = time.perf_counter()
-        batch_tokens = next(batches).numel()  # every batch has 8 blocks
-        first_batch = time.perf_counter() - start
-        seconds = []
-        for epoch in range(epochs):
-            start = time.perf_counter()
-            for _ in range(steps_per_epoch - (epoch == 0)):
-                next(batches)
-            seconds.append(time.perf_counter() - start)
-        first_epoch = (steps_per_epoch - 1) * batch_tokens / seconds[0]
-        return first_epoch, steps_per_epoch * (epochs - 1) * batch_tokens / sum(seconds[1:]), first_batch
-
-    first, later, beside_thread, beside_process, first_batch = [], [], [], [], []
-    for _ in range(rounds):
-        unchecked, checked = rates(False), rates(True)
-        first.append(checked[0] / unchecked[0])
-        later.append(checked[1] / unchecked[1])
-        first_batch.append((checked[2], unchecked[2]))
-        for ratios, kind in ((beside_thread, "thread"), (beside_process, "process")):
-            with checksumming_beside(kind):
-                ratios.append(rates(False)[0] / unchecked[0])
-    for name, ratios, rate in (("first epoch", first, checked[0]), (f"epochs 2-{epochs}", later, checked[1])):
-        print(
-            f"(h) loader with shard checks, {name + ':':13} {rate / 1e6:8.2f} M tokens/s = {np.median(ratios):.2f} x "
-            f"without (median of {rounds} rounds: {', '.join(f'{r:.2f}' for r in ratios)}; target >= 0.95)"
-        )
-    checked_ms, unchecked_ms = (1000 * np.median(column) for column in zip(*first_batch, strict=True))
-    print(
-        f"(h) the job's first batch (the epoch figures start after it): {checked_ms:.1f} ms with the checks, "
-        f"{unchecked_ms:.1f} ms without (it waits for the checks of its shards, once per job)"
-    )
-    for kind, ratios in (("thread", beside_thread), ("process", beside_process)):
-        print(
-            f"(h) control: the unchecked loader's first epoch beside a {kind} that only computes CRC-32s: "
-            f"{np.median(ratios):.2f} x alone (rounds: {', '.join(f'{r:.2f}' for r in ratios)})"
-        )
-
-
-AnyEvent = threading.Event | multiprocessing.synchronize.Event  # the flag of either kind of worker
-
-
-def checksum_until(started: AnyEvent, stop: AnyEvent) -> None:
-    """CRC-32 of one shard-sized buffer, again and again until ``stop``: the checks' CPU work, no files."""
-    data = bytes(2 * 2049 * 512)
-    started.set()
-    while not stop.is_set():
-        zlib.crc32(data)
-
-
-@contextlib.contextmanager
-def checksumming_beside(kind: str) -> Iterator[None]:
-    """``checksum_until`` running in a thread of this process or in a process of its own meanwhile: what
-    the loader loses to the other core's work (a process) and to sharing the interpreter lock (a thread)."""
-    context = multiprocessing.get_context("spawn")
-    started, stop = (threading.Event(), threading.Event()) if kind == "thread" else (context.Event(), context.Event())
-    start = threading.Thread if kind == "thread" else context.Process
-    worker = start(target=checksum_until, args=(started, stop))
-    worker.start()
-    started.wait()  # a spawned process imports this script first
-    try:
-        yield
-    finally:
-        stop.set()
-        worker.join()
 
 
 def sparse_shards(directory: Path, prefix: str, count: int, chunk_size: int = 2049 * 1024) -> list[str]:

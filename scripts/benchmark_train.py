@@ -43,6 +43,7 @@ from lit_gpt import GPT, Config, kernels
 from lit_gpt.cli import run
 from lit_gpt.hf import hf_llama_config
 from lit_gpt.monitor import flops_per_token, peak_flops
+from lit_gpt.tokenizer import Boundary
 
 CPU_COMPARISON = {"n_layer": 4, "n_embd": 256, "n_head": 8, "n_query_groups": 2, "intermediate_size": 704}
 DTYPES = {"32-true": torch.float32, "bf16-true": torch.bfloat16}
@@ -83,11 +84,11 @@ def measure(
     data = torch.randint(2, config.vocab_size, (batch, seq_len + 1), device=device)
     if document_tokens:
         data[torch.rand(data.shape, device=device) < 1 / document_tokens] = BOS
-    bos_id = BOS if which == "ours+mask" else None
+    boundary = Boundary("<s>", BOS, "before") if which == "ours+mask" else None
 
     def step() -> None:
         if which != "transformers":
-            loss = forward(data[:, :-1], targets=data[:, 1:], bos_id=bos_id).loss
+            loss = forward(data[:, :-1], targets=data[:, 1:], boundary=boundary).loss
         else:
             loss = forward(input_ids=data[:, :-1], labels=data[:, :-1], use_cache=False).loss
         loss.backward()

@@ -1,7 +1,8 @@
 """Convert a Hugging Face Llama model directory into a lit checkpoint directory.
 
-The output holds ``model.safetensors`` (Lit-GPT names, q/k/v fused), ``model_config.json`` and, if the
-source has one, ``tokenizer.model``: what ``pretrain/tinyllama.py --initial_checkpoint``,
+The output holds ``model.safetensors`` (Lit-GPT names, q/k/v fused), ``model_config.json`` and the
+tokenizer files the source has (``tokenizer.json``, ``tokenizer_config.json``, ``special_tokens_map.json``,
+``tokenizer.model``): what ``pretrain/tinyllama.py --initial_checkpoint``,
 ``scripts/generate.py`` and ``scripts/convert_lit_checkpoint.py`` read.
 """
 
@@ -17,6 +18,7 @@ from safetensors.torch import save_file
 
 from lit_gpt.cli import run
 from lit_gpt.hf import read_hf_model
+from lit_gpt.tokenizer import TOKENIZER_FILES
 from lit_gpt.weights import write_atomically
 
 
@@ -38,8 +40,9 @@ def convert_hf_checkpoint(
             {k: v.to(cast or v.dtype).contiguous() for k, v in state_dict.items()}, directory / "model.safetensors"
         )
         (directory / "model_config.json").write_text(json.dumps(config.to_dict(), indent=2))
-        if (checkpoint_dir / "tokenizer.model").is_file():
-            shutil.copy(checkpoint_dir / "tokenizer.model", directory / "tokenizer.model")
+        for name in TOKENIZER_FILES:
+            if (checkpoint_dir / name).is_file():
+                shutil.copy(checkpoint_dir / name, directory / name)
 
     write_atomically(output_dir, write)
     print(f"Wrote a lit checkpoint of {sum(t.numel() for t in state_dict.values()):,} parameters to {output_dir}")

@@ -32,7 +32,8 @@ def convert_lit_checkpoint(
             checkpoint directory (scripts/convert_hf_checkpoint.py).
         output_dir: the directory to create (must not exist or be empty); it appears complete or not at all.
         dtype: the weights' dtype in the output; default: as stored (fp32 for training checkpoints).
-        tokenizer_path: the SentencePiece tokenizer to include; default: the copy the checkpoint carries.
+        tokenizer_path: the tokenizer to include (tokenizer.json, tokenizer.model or a directory holding
+            either); default: the copy the checkpoint carries.
         max_shard_size: bytes per safetensors file before the weights are split into several.
     """
     config = read_model_config(checkpoint_dir)

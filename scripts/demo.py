@@ -1,9 +1,11 @@
 """The whole pipeline on one CPU in a few minutes: corpus, tokenization, pretraining, conversion, sampling.
 
     pip install -e '.[demo]' && python scripts/demo.py
+    python scripts/demo.py --tokenizer_path assets/tokenizer-bpe   # the same with a tokenizer.json
 
 1. builds a ~3 MB sample corpus in the SlimPajama and StarCoderData layouts from Python's own files;
-2. tokenizes both with the real prepare scripts and the repository's demo tokenizer;
+2. tokenizes both with the real prepare scripts and the repository's demo tokenizer (SentencePiece, or
+   its byte-level BPE tokenizer.json twin);
 3. pretrains the 5M-parameter tiny_LLaMA_5M on the 7:3 mixture (pretrain/configs/cpu_demo.yaml);
 4. plots the loss curves, converts the last checkpoint to a Hugging Face directory, loads it with
    transformers and prints a sampled continuation.
@@ -21,7 +23,6 @@ from lit_gpt.cli import run
 from lit_gpt.errors import OutputExists
 
 REPO = Path(__file__).resolve().parents[1]
-TOKENIZER = REPO / "assets" / "tokenizer"
 CHUNK = str(257 * 1024)  # shards of 1024 blocks of the demo model's block_size + 1
 MARKER = ".made-by-demo"  # in each folder the demo made, so that a rerun may replace it
 
@@ -52,6 +53,7 @@ def demo(
     out_dir: Path = Path("out/demo"),
     max_steps: int | None = None,
     overwrite: bool = False,
+    tokenizer_path: Path = Path("assets/tokenizer"),
 ) -> None:
     """Run the demo; everything it writes goes under ``data_dir`` and ``out_dir``.
 
@@ -60,14 +62,17 @@ def demo(
         out_dir: checkpoints, metrics, plot and the Hugging Face model; replaced if an earlier demo made it.
         max_steps: training steps; default: the recipe's.
         overwrite: also delete the contents of a non-empty data_dir or out_dir that the demo did not make.
+        tokenizer_path: the demo's SentencePiece tokenizer, or assets/tokenizer-bpe (a tokenizer.json of
+            the same size); any tokenizer of at most 4,096 ids fits the demo model.
     """
     data_dir, out_dir = (REPO / data_dir).resolve(), (REPO / out_dir).resolve()
+    tokenizer_path = (REPO / tokenizer_path).resolve()
     for directory in (data_dir, out_dir):
         claim(directory, overwrite)
     started = time.perf_counter()
     sample = data_dir / "sample"
     step("1/6 sample corpus", "scripts/make_sample_corpus.py", "--destination", str(sample))
-    common = ["--tokenizer_path", str(TOKENIZER), "--chunk_size", CHUNK, "--block_size", "256"]
+    common = ["--tokenizer_path", str(tokenizer_path), "--chunk_size", CHUNK, "--block_size", "256"]
     for split in ("train", "validation"):
         step(
             f"2/6 tokenize SlimPajama sample ({split})",
@@ -107,6 +112,8 @@ def demo(
         str(out_dir),
         "--resume",
         "false",
+        "--tokenizer_path",
+        str(tokenizer_path),
         *steps,
     )
     step("5/6 plot the losses", "scripts/plot_metrics.py", "--metrics_path", str(out_dir / "metrics.csv"))

@@ -30,7 +30,8 @@ def prepare(
 
     Args:
         source_path: the SlimPajama-627B directory, holding ``train/``, ``validation/`` and ``test/``.
-        tokenizer_path: a SentencePiece tokenizer.model (TinyLlama uses Llama 2's) or its directory.
+        tokenizer_path: a Hugging Face tokenizer.json (Llama 3's), a SentencePiece tokenizer.model
+            (TinyLlama uses Llama 2's) or a directory holding either (tokenizer.json first).
         destination_path: where the shards go; default ``data/slimpajama/{split}``.
         split: ``train``, ``validation`` or ``test``.
         chunk_size: tokens per shard: a multiple of block_size + 1 (2049 for TinyLlama).

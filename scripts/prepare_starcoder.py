@@ -29,7 +29,8 @@ def prepare(
 
     Args:
         source_path: the starcoderdata directory, one sub-directory per language.
-        tokenizer_path: a SentencePiece tokenizer.model (TinyLlama uses Llama 2's) or its directory.
+        tokenizer_path: a Hugging Face tokenizer.json (Llama 3's), a SentencePiece tokenizer.model
+            (TinyLlama uses Llama 2's) or a directory holding either (tokenizer.json first).
         destination_path: where the shards go; default ``data/starcoder/{split}``.
         split: the name given to the shards (StarCoderData has only a training set).
         chunk_size: tokens per shard: a multiple of block_size + 1 (2049 for TinyLlama).

@@ -16,6 +16,7 @@ from lit_gpt.data.shards import read_shard, write_shard
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_TOKENIZER = REPO_ROOT / "assets" / "tokenizer" / "tokenizer.model"
+DEMO_BPE_TOKENIZER = REPO_ROOT / "assets" / "tokenizer-bpe"  # tokenizer.json + tokenizer_config.json
 TOKENIZER = Tokenizer(DEMO_TOKENIZER)
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -53,11 +54,15 @@ def shard_tokens(directory: Path) -> np.ndarray:
     return np.concatenate([read_shard(p) for p in sorted(directory.glob("*.bin"))])
 
 
-def split_documents(tokens: np.ndarray) -> list[list[int]]:
-    """The token stream cut at each BOS: one list per document, BOS dropped."""
-    starts = np.flatnonzero(tokens == TOKENIZER.bos_id)
-    assert starts[0] == 0
-    return [tokens[a + 1 : b].tolist() for a, b in zip(starts, [*starts[1:], len(tokens)], strict=True)]
+def split_documents(tokens: np.ndarray, tokenizer: Tokenizer = TOKENIZER) -> list[list[int]]:
+    """The token stream cut at each boundary token (BOS before, or EOS after, each document): one list per
+    document, the boundary token dropped."""
+    marks = np.flatnonzero(tokens == tokenizer.boundary.id)
+    if tokenizer.boundary.position == "after":
+        assert len(marks) and marks[-1] == len(tokens) - 1
+        return [tokens[a + 1 : b].tolist() for a, b in zip([-1, *marks[:-1]], marks, strict=True)]
+    assert marks[0] == 0
+    return [tokens[a + 1 : b].tolist() for a, b in zip(marks, [*marks[1:], len(tokens)], strict=True)]
 
 
 def load_script(relative_path: str):

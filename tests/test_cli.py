@@ -61,7 +61,7 @@ def test_training_refusals_are_one_line_from_rank_zero(data, tmp_path):
     [
         (["--train_data", "[{name: a, path: MISSING}]"], "Dataset directory MISSING does not exist (data source a)"),
         (["--val_data", "MISSING"], "Dataset directory MISSING does not exist (data source validation)"),
-        (["--tokenizer_path", "MISSING"], "No SentencePiece tokenizer model at MISSING; Llama 2's is fetched as"),
+        (["--tokenizer_path", "MISSING"], "No tokenizer at MISSING; pass a Hugging Face tokenizer.json"),
         (["--global_batch_size", "10"], "global batch size 10 is not a multiple of world size 2 x micro-batch size 2"),
     ],
 )

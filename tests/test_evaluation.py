@@ -4,6 +4,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,7 @@ from lit_gpt.evaluation import GPTEvalModel  # noqa: E402
 from lit_gpt.weights import load_model  # noqa: E402
 
 from conftest import (  # noqa: E402
+    DEMO_BPE_TOKENIZER,
     DEMO_TOKENIZER,
     REPO_ROOT,
     TINY_OVERRIDES,
@@ -39,8 +41,9 @@ def write_tasks(directory: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def model_dirs(tmp_path_factory) -> tuple[Path, Path, Path]:
-    """A random model as a lit checkpoint and converted to Hugging Face, and the task folder."""
+def model_dirs(tmp_path_factory, request) -> tuple[Path, Path, Path]:
+    """A random model as a lit checkpoint and converted to Hugging Face, and the task folder; with the
+    demo's SentencePiece model or its byte-level BPE tokenizer.json."""
     root = tmp_path_factory.mktemp("evaluation")
     config = Config.from_name("tiny_LLaMA_5M", **(TINY_OVERRIDES | {"block_size": 64}))
     torch.manual_seed(0)
@@ -52,7 +55,9 @@ def model_dirs(tmp_path_factory) -> tuple[Path, Path, Path]:
     lit.mkdir()
     save_file(model.state_dict(), lit / "model.safetensors")
     (lit / "model_config.json").write_text(json.dumps(config.to_dict()))
-    (lit / "tokenizer.model").write_bytes(DEMO_TOKENIZER.read_bytes())
+    backend = getattr(request, "param", "sentencepiece")
+    for path in [DEMO_TOKENIZER] if backend == "sentencepiece" else DEMO_BPE_TOKENIZER.iterdir():
+        shutil.copy(path, lit)
     load_script("scripts/convert_lit_checkpoint.py").convert_lit_checkpoint(lit, root / "hf")
     tasks = root / "tasks"
     tasks.mkdir()
@@ -70,6 +75,7 @@ def evaluate(model, tasks: Path, names: list[str], **kwargs):
     )
 
 
+@pytest.mark.parametrize("model_dirs", ["sentencepiece", "tokenizer.json"], indirect=True)
 def test_adapter_scores_like_the_harness_hugging_face_backend(model_dirs):
     lit, hf, tasks = model_dirs
     model, tokenizer = load_model(lit)

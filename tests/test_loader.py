@@ -387,3 +387,21 @@ def test_a_state_taken_between_micro_batches_is_refused_on_another_split(two_sou
     boundary = loader.state_dict()
     assert boundary["micro_batch"] == 0
     create_loader(list(two_sources), BLOCK_SIZE, 6, 24, rank=0, world_size=4).load_state_dict(boundary)
+
+
+def test_a_version_2_index_from_before_boundaries_were_recorded_still_trains(tmp_path):
+    """The committed fixture: an index from before tokenizer.json (its shards SentencePiece, BOS before each
+    document, the boundary not recorded) is read, agrees with the demo SentencePiece tokenizer and is
+    refused with another."""
+    from lit_gpt import Config
+    from lit_gpt.run import RunConfig
+
+    from conftest import DEMO_BPE_TOKENIZER, DEMO_TOKENIZER, REPO_ROOT
+
+    source = ShardedBlocks(REPO_ROOT / "tests" / "fixtures" / "index-v2", block_size=32)
+    (record,) = source.tokenizers.values()
+    assert record.boundary is None and source.num_blocks == 4
+    config = Config.from_name("tiny_LLaMA_5M")
+    RunConfig(tokenizer_path=DEMO_TOKENIZER).check_tokenizer(config, [source])
+    with pytest.raises(InvalidInput, match="records shards made with another tokenizer"):
+        RunConfig(tokenizer_path=DEMO_BPE_TOKENIZER).check_tokenizer(config, [source])

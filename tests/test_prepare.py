@@ -12,11 +12,21 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
+from lit_gpt import Tokenizer
 from lit_gpt.data import prepare
-from lit_gpt.data.index import Index, file_sha256, scan_shard
+from lit_gpt.data.index import Index, scan_shard
 from lit_gpt.data.shards import read_shard
 
-from conftest import DEMO_TOKENIZER, REPO_ROOT, TOKENIZER, assert_refused, run_prepare, shard_tokens, split_documents
+from conftest import (
+    DEMO_BPE_TOKENIZER,
+    DEMO_TOKENIZER,
+    REPO_ROOT,
+    TOKENIZER,
+    assert_refused,
+    run_prepare,
+    shard_tokens,
+    split_documents,
+)
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
 
@@ -105,23 +115,24 @@ def test_bad_input_is_skipped_counted_and_no_token_is_lost(tmp_path):
     assert manifest["complete"] and manifest["tokens"] == len(shard_tokens(out))
 
 
-def test_output_does_not_depend_on_the_number_of_workers(tmp_path):
+@pytest.mark.parametrize("tokenizer_path", [DEMO_TOKENIZER, DEMO_BPE_TOKENIZER], ids=["sentencepiece", "json"])
+def test_output_does_not_depend_on_the_number_of_workers(tmp_path, tokenizer_path):
     documents = slimpajama_corpus(tmp_path / "slim")
+    tokenizer = Tokenizer(tokenizer_path)
     outputs = []
     for workers in (1, 2):
         out = tmp_path / f"out{workers}"
         args = ["--source_path", str(tmp_path / "slim"), "--destination_path", str(out)]
-        run_prepare(
-            "prepare_slimpajama.py", *args, "--chunk_size", "1000", "--block_size", "99", "--num_workers", str(workers)
-        )
+        args += ["--tokenizer_path", str(tokenizer_path), "--chunk_size", "1000", "--block_size", "99"]
+        run_prepare("prepare_slimpajama.py", *args, "--num_workers", str(workers))
         outputs.append(shard_bytes(out))
     assert outputs[0] == outputs[1] and len(outputs[0]) > 2
     tokens = shard_tokens(tmp_path / "out1")
-    assert split_documents(tokens) == [TOKENIZER.encode(text, bos=False) for text in documents]
+    assert split_documents(tokens, tokenizer) == [tokenizer.encode(text, bos=False) for text in documents]
     assert all(len(read_shard(tmp_path / "out1" / name)) == 1000 for name in list(outputs[0])[:-1])
-    # The job's index holds what reading each shard gives, and the tokenizer's digest.
+    # The job's index holds what reading each shard gives, the tokenizer's digest and its boundary.
     index = Index.read(tmp_path / "out2" / "train_slimpajama_0.index.json")
-    assert index.tokenizer_sha256 == file_sha256(DEMO_TOKENIZER)
+    assert index.tokenizer_sha256 == tokenizer.sha256 and index.boundary == tokenizer.boundary.to_dict()
     assert index.shards.names == list(outputs[1])
     scanned = [scan_shard(tmp_path / "out2" / name) for name in index.shards.names]
     shards = index.shards
@@ -159,13 +170,19 @@ def test_machines_split_the_files_and_write_disjoint_shards(tmp_path):
     assert sorted(together) == sorted(TOKENIZER.encode(text, bos=False) for text in documents)
 
 
-@pytest.mark.parametrize("stop, workers", [("SIGKILL", "1"), ("Ctrl-C", "2")])
-def test_a_killed_or_interrupted_run_resumes_and_gives_the_same_shards(tmp_path, stop, workers, no_process_left):
+@pytest.mark.parametrize(
+    "stop, workers, tokenizer_path",
+    [("SIGKILL", "1", DEMO_TOKENIZER), ("Ctrl-C", "2", DEMO_TOKENIZER), ("SIGKILL", "2", DEMO_BPE_TOKENIZER)],
+)
+def test_a_killed_or_interrupted_run_resumes_and_gives_the_same_shards(
+    tmp_path, stop, workers, tokenizer_path, no_process_left
+):
     """kill -9, or Ctrl-C to the whole process group (workers included): one line, status 130."""
     source = tmp_path / "slim"
     slimpajama_corpus(source, files=6)
     reference = tmp_path / "reference"
     args = ["--source_path", str(source), "--chunk_size", "700", "--block_size", "99", "--num_workers", workers]
+    args += ["--tokenizer_path", str(tokenizer_path)]
     run_prepare("prepare_slimpajama.py", *args, "--destination_path", str(reference))
 
     # The fourth file (in sorted order) becomes a FIFO: reading it blocks, so the run is caught mid-way.
@@ -174,9 +191,9 @@ def test_a_killed_or_interrupted_run_resumes_and_gives_the_same_shards(tmp_path,
     blocking.unlink()
     os.mkfifo(blocking)
     out = tmp_path / "out"
-    command = [sys.executable, str(REPO_ROOT / "scripts" / "prepare_slimpajama.py"), "--tokenizer_path"]
+    command = [sys.executable, str(REPO_ROOT / "scripts" / "prepare_slimpajama.py")]
     process = subprocess.Popen(
-        [*command, str(DEMO_TOKENIZER), *args, "--destination_path", str(out)],
+        [*command, *args, "--destination_path", str(out)],
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,  # its own process group, as a terminal's Ctrl-C reaches

@@ -25,9 +25,11 @@ from lit_gpt.schedule import Stage
 from lit_gpt.weights import load_model_weights
 
 from conftest import (
+    DEMO_BPE_TOKENIZER,
     DEMO_TOKENIZER,
     REPO_ROOT,
     TINY_OVERRIDES,
+    TOKENIZER,
     assert_refused,
     metrics,
     processes_with,
@@ -169,17 +171,24 @@ def test_missing_data_directory_is_a_clear_startup_error(data, tmp_path):
     assert_refused(result)
 
 
-def other_tokenizers_index(directory: Path, name: str) -> None:
+def other_tokenizers_index(directory: Path, name: str, **other: object) -> None:
     """An index file in ``directory`` that lists its shards as made by another tokenizer."""
     index = json.loads((directory / "index.json").read_text())
-    (directory / name).write_text(json.dumps(index | {"tokenizer_sha256": "f" * 64}))
+    (directory / name).write_text(json.dumps(index | (other or {"tokenizer_sha256": "f" * 64})))
 
 
-def test_shards_of_another_tokenizer_are_refused(data, tmp_path):
-    other_tokenizers_index(data / "a", "index.json")
+@pytest.mark.parametrize("other", ["tokenizer", "boundary"])
+def test_shards_of_another_tokenizer_are_refused(data, tmp_path, other):
+    """Another tokenizer file, or the same one with another document boundary (its tokenizer_config.json
+    names other special tokens): refused in one line naming both."""
+    eos_after = {"token": "</s>", "id": 2, "position": "after"}
+    change = {"tokenizer_sha256": "f" * 64} if other == "tokenizer" else {"boundary": eos_after}
+    other_tokenizers_index(data / "a", "index.json", **change)
     result = run(train_args(data, tmp_path / "out", "--max_steps", "2"), check=False)
+    recorded = "sha256 ffffffffffff, <s>" if other == "tokenizer" else f"sha256 {TOKENIZER.sha256[:12]}, </s> after"
+    ours = f"{DEMO_TOKENIZER} (sha256 {TOKENIZER.sha256[:12]}, <s> before each document)"
     assert_refused(
-        result, f"{data / 'a' / 'index.json'} records shards made with another tokenizer (sha256 ffffffffffff)"
+        result, f"{data / 'a' / 'index.json'} records shards made with another tokenizer ({recorded}", f"than {ours}"
     )
 
 
@@ -262,11 +271,13 @@ def test_cpu_demo_recipe_learns(tmp_path):
     run_demo(tmp_path)
 
 
-def test_short_demo_run_learns(tmp_path):
-    run_demo(tmp_path, "--max_steps", "60", "--eval_interval", "20", "--model_config", "{n_layer: 2}")
+@pytest.mark.parametrize("tokenizer", [DEMO_TOKENIZER, DEMO_BPE_TOKENIZER], ids=["sentencepiece", "tokenizer.json"])
+def test_short_demo_run_learns(tmp_path, tokenizer):
+    extra = ["--max_steps", "60", "--eval_interval", "20", "--model_config", "{n_layer: 2}"]
+    run_demo(tmp_path, *extra, tokenizer=tokenizer)
 
 
-def run_demo(tmp_path: Path, *extra: str) -> None:
+def run_demo(tmp_path: Path, *extra: str, tokenizer: Path = DEMO_TOKENIZER) -> None:
     sample = tmp_path / "sample"
     subprocess.run(
         [sys.executable, str(REPO_ROOT / "scripts" / "make_sample_corpus.py"), "--destination", str(sample)],
@@ -277,7 +288,7 @@ def run_demo(tmp_path: Path, *extra: str) -> None:
         sys.executable,
         str(REPO_ROOT / "scripts" / "prepare_slimpajama.py"),
         "--tokenizer_path",
-        str(DEMO_TOKENIZER),
+        str(tokenizer),
         "--chunk_size",
         "263168",
         "--block_size",
@@ -302,7 +313,7 @@ def run_demo(tmp_path: Path, *extra: str) -> None:
             sys.executable,
             str(REPO_ROOT / "scripts" / "prepare_starcoder.py"),
             "--tokenizer_path",
-            str(DEMO_TOKENIZER),
+            str(tokenizer),
             "--chunk_size",
             "263168",
             "--block_size",
@@ -328,7 +339,7 @@ def run_demo(tmp_path: Path, *extra: str) -> None:
             "--val_data",
             str(tmp_path / "slim" / "validation"),
             "--tokenizer_path",
-            str(DEMO_TOKENIZER),
+            str(tokenizer),
             "--out_dir",
             str(tmp_path / "out"),
             *extra,

@@ -6,12 +6,16 @@ every start, on a shared filesystem with every rank starting at once. With one i
 
 An index file is JSON laid out by column, so that 300,000 shards parse in a fraction of a second::
 
-    {"version": 2, "tokenizer_sha256": "..." or null,
+    {"version": 3, "tokenizer_sha256": "..." or null,
+     "boundary": {"token": "<s>", "id": 1, "position": "before"} or null,
      "names": [...], "tokens": [...], "dtypes": ["uint16", ...], "max_ids": [...], "crc32": [...]}
 
 ``crc32`` is the CRC-32 of each shard's token bytes (``lit_gpt.data.shards.checksum``), computed while
-the shard is written; the loader verifies it when it first opens the shard. Version 1 indexes (before
-checksums) are read with the checksums unknown.
+the shard is written; the loader verifies it when it first opens the shard. ``boundary`` is the token that
+separates the documents and whether it comes before or after each (``lit_gpt.tokenizer.Boundary``).
+Older versions are read as they are: version 1 (before checksums) with the checksums unknown, versions 1
+and 2 (before ``tokenizer.json`` was accepted, when every shard was SentencePiece with BOS before each
+document) with the boundary unknown.
 
 Preparation writes ``{split}_{source}_{machine}.index.json`` for the shards its job wrote (several
 machines fill one directory without sharing a file); ``scripts/index_shards.py`` writes ``index.json``
@@ -41,8 +45,8 @@ from lit_gpt.data.shards import checksum, read_header, read_shard
 from lit_gpt.errors import InvalidInput, MissingInput
 from lit_gpt.tokenizer import Tokenizer
 
-INDEX_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+INDEX_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 INDEX_NAME = "index.json"
 INDEX_SUFFIX = ".index.json"
 
@@ -104,18 +108,43 @@ class ShardTable:
         self.__dict__.update(state)
 
 
+@dataclass(frozen=True)
+class TokenizerRecord:
+    """What an index file says of the tokenizer its shards were made with: the digest of its defining file
+    and the document boundary (each None where unknown)."""
+
+    sha256: str | None
+    boundary: dict | None = None
+
+    def agrees_with(self, other: TokenizerRecord) -> bool:
+        """The same tokenizer, where both say (an index from before boundaries were recorded says nothing)."""
+        boundaries = (self.boundary, other.boundary)
+        return self.sha256 == other.sha256 and (None in boundaries or boundaries[0] == boundaries[1])
+
+    def __str__(self) -> str:
+        boundary = self.boundary or {}
+        where = f", {boundary['token']} {boundary['position']} each document" if boundary else ""
+        return f"sha256 {(self.sha256 or 'unknown')[:12]}{where}"
+
+
 @dataclass
 class Index:
     """One index file: its shards and the tokenizer they were made with (None where unknown)."""
 
     shards: ShardTable
     tokenizer_sha256: str | None = None
+    boundary: dict | None = None
+
+    @property
+    def tokenizer(self) -> TokenizerRecord:
+        return TokenizerRecord(self.tokenizer_sha256, self.boundary)
 
     def write(self, path: Path) -> None:
         """Atomically: readers see the old file or the new one, never a part."""
         content = {
             "version": INDEX_VERSION,
             "tokenizer_sha256": self.tokenizer_sha256,
+            "boundary": self.boundary,
             "names": self.shards.names,
             "tokens": self.shards.tokens.tolist(),
             "dtypes": self.shards.dtypes,
@@ -149,12 +178,7 @@ class Index:
             np.array(max_ids, dtype=np.int64),
             np.array(checksums, dtype=np.int64),
         )
-        return cls(table, content.get("tokenizer_sha256"))
-
-
-def file_sha256(path: Path) -> str:
-    """The digest that identifies a tokenizer file in manifests and indexes."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        return cls(table, content.get("tokenizer_sha256"), content.get("boundary"))
 
 
 def shard_names(names: Iterable[str], prefix: str = "") -> list[str]:
@@ -187,7 +211,8 @@ def index_directory(
         np.array([stat[2] for stat in stats], dtype=np.int64),
         np.array([stat[3] for stat in stats], dtype=np.int64),
     )
-    index = Index(table, file_sha256(Tokenizer(tokenizer_path).path) if tokenizer_path else None)
+    tokenizer = Tokenizer(tokenizer_path) if tokenizer_path else None
+    index = Index(table, tokenizer.sha256, tokenizer.boundary.to_dict()) if tokenizer else Index(table)
     path = directory / INDEX_NAME
     index.write(path)
     return path, index
@@ -207,11 +232,11 @@ def header_table(directory: Path, names: Sequence[str]) -> ShardTable:
 
 def read_directory_index(
     directory: Path, index_files: Iterable[str], prefix: str = ""
-) -> tuple[ShardTable, dict[str, str]]:
+) -> tuple[ShardTable, dict[str, TokenizerRecord]]:
     """The union of a directory's index files restricted to names starting with ``prefix``, and the
-    tokenizer digest each of them records (by file name), which must be one tokenizer's. A shard listed
-    twice must be listed with the same size; ``index.json`` (an explicit re-index) comes first, so its
-    checksums are the ones verified."""
+    tokenizer each of them records (by file name, where it records one), which must be one tokenizer. A
+    shard listed twice must be listed with the same size; ``index.json`` (an explicit re-index) comes
+    first, so its checksums are the ones verified."""
     tables, tokenizers = [], {}
     for name in sorted(index_files, key=lambda name: (name != INDEX_NAME, name)):
         index = Index.read(directory / name)
@@ -221,13 +246,15 @@ def read_directory_index(
         if len(shards):
             tables.append(shards)
             if index.tokenizer_sha256 is not None:
-                tokenizers[name] = index.tokenizer_sha256
-    if len(set(tokenizers.values())) > 1:
-        first, digest = next(iter(tokenizers.items()))
-        other = next(name for name, recorded in tokenizers.items() if recorded != digest)
+                tokenizers[name] = index.tokenizer
+    digests = {record.sha256 for record in tokenizers.values()}
+    boundaries = {json.dumps(record.boundary) for record in tokenizers.values() if record.boundary is not None}
+    if len(digests) > 1 or len(boundaries) > 1:
+        first, record = next(iter(tokenizers.items()))
+        other = next(name for name, recorded in tokenizers.items() if not recorded.agrees_with(record))
         raise InvalidInput(
-            f"{directory}: index files of two tokenizers, {first} (sha256 {digest[:12]}) and {other} (sha256 "
-            f"{tokenizers[other][:12]}); a dataset directory holds shards of one tokenizer"
+            f"{directory}: index files of two tokenizers, {first} ({record}) and {other} ({tokenizers[other]}); "
+            "a dataset directory holds shards of one tokenizer"
         )
     table = tables[0] if len(tables) == 1 else ShardTable.concatenate(tables)
     if len(set(table.names)) == len(table.names):

@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from lit_gpt.data.index import (
     Fingerprint,
     ShardTable,
+    TokenizerRecord,
     header_table,
     is_index_file,
     read_directory_index,
@@ -49,11 +50,11 @@ DRAWS_PER_CHUNK = 4096
 @dataclass
 class SourceListing:
     """What start-up learns about a data source without opening its shards: its shards' table (in name
-    order) and the tokenizer digest of each index file. Read once per job and broadcast (``pretrain``),
+    order) and the tokenizer that each index file records. Read once per job and broadcast (``pretrain``),
     so that 64 ranks do not list and parse one directory 64 times."""
 
     table: ShardTable
-    tokenizer_digests: dict[str, str]
+    tokenizers: dict[str, TokenizerRecord]
 
 
 def read_listing(directory: Path, prefix: str = "") -> SourceListing:
@@ -65,11 +66,11 @@ def read_listing(directory: Path, prefix: str = "") -> SourceListing:
     if not shards:
         named = f" {prefix}*.bin" if prefix else " .bin"
         raise MissingInput(f"Dataset directory {directory} holds no{named} shards")
-    indexed, tokenizer_digests = read_directory_index(
+    indexed, tokenizers = read_directory_index(
         directory, [n for n in listing if n.endswith(".json") and is_index_file(n)], prefix
     )
     if indexed.names == shards:  # the usual case: one index, in name order, of every shard
-        return SourceListing(indexed, tokenizer_digests)
+        return SourceListing(indexed, tokenizers)
     stale = sorted(set(indexed.names).difference(shards))
     if stale:
         raise InvalidInput(
@@ -87,7 +88,7 @@ def read_listing(directory: Path, prefix: str = "") -> SourceListing:
         )
         rows.update({name: len(indexed) + i for i, name in enumerate(unindexed)})
         indexed = ShardTable.concatenate([indexed, header_table(directory, unindexed)])
-    return SourceListing(indexed.take([rows[name] for name in shards]), tokenizer_digests)
+    return SourceListing(indexed.take([rows[name] for name in shards]), tokenizers)
 
 
 class ShardedBlocks:
@@ -115,7 +116,7 @@ class ShardedBlocks:
         self.directory, self.prefix, self.vocab_size = Path(directory), prefix, vocab_size
         self.block_tokens, self.seed, self.window = block_size + 1, seed, window
         listing = listing or read_listing(self.directory, prefix)
-        table, self.tokenizer_digests = listing.table, listing.tokenizer_digests
+        table, self.tokenizers = listing.table, listing.tokenizers
         self.names, self.counts, self.max_ids = table.names, table.tokens, table.max_ids
         self.checks = ShardChecks(self.directory, self.names, table.checksums, vocab_size)
         self.dtype = np.dtype(table.dtypes[0])

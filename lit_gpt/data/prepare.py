@@ -1,9 +1,13 @@
 """Tokenize a corpus into packed shards: the one implementation behind both prepare scripts.
 
 Input files are processed in sorted order and their tokens form one stream, cut into shards of
-``chunk_size`` tokens by a single writer; the last shard holds the remainder. Workers only tokenize
+``chunk_size`` tokens by a single writer; the last shard holds the remainder. Each document carries the
+tokenizer's boundary token (``Tokenizer.boundary``), which the index records. Workers only tokenize
 (whole files, in parallel, results taken in order, at most two per worker waiting to be written so
-that memory stays flat), so the shards are byte-identical whatever ``num_workers`` is.
+that memory stays flat), so the shards are byte-identical whatever ``num_workers`` is. Each worker is one
+process on one core: it encodes on one thread (SentencePiece's ``num_threads=1``; the ``tokenizers``
+library's pool switched off, ``one_thread_per_process``), so that ``num_workers`` processes use
+``num_workers`` cores and the tokenizer's own thread pool never multiplies them.
 
 Whenever a shard has been written (and at least every ``commit_interval`` seconds) the writer's state --
 files done, next shard number, the tokens not yet in a full shard, the index entries of the new shards
@@ -36,13 +40,13 @@ import numpy as np
 from tqdm import tqdm
 
 from lit_gpt.data.corpora import Skips, UnreadableFile
-from lit_gpt.data.index import INDEX_SUFFIX, Index, ShardTable, file_sha256
+from lit_gpt.data.index import INDEX_SUFFIX, Index, ShardTable
 from lit_gpt.data.shards import ShardWriter, WrittenShard, read_shard, token_dtype, write_shard
 from lit_gpt.errors import InvalidInput, MissingInput
-from lit_gpt.tokenizer import Tokenizer
+from lit_gpt.tokenizer import Tokenizer, one_thread_per_process
 
 Reader = Callable[[Path, Skips], Iterator[str]]
-BATCH_CHARS = 1 << 20  # texts handed to SentencePiece at once
+BATCH_CHARS = 1 << 20  # texts handed to the tokenizer at once
 RESULTS_PER_WORKER = 2  # tokenized files waiting for the writer, per worker
 
 
@@ -80,13 +84,13 @@ def select_files(files: list[Path], percentage: float, num_shards: int, shard_in
 
 
 def _tokenize_file(path: Path, read: Reader, tokenizer: Tokenizer, dtype: np.dtype) -> FileResult:
-    """Every kept document of ``path`` as BOS + its tokens, concatenated."""
+    """Every kept document of ``path`` with its boundary token (BOS before or EOS after), concatenated."""
     skips = Skips()
     pieces: list[np.ndarray] = []
     documents = 0
 
     def encode(texts: list[str]) -> None:
-        ids = tokenizer.encode_batch(texts, bos=True, num_threads=1)
+        ids = tokenizer.encode_documents(texts, num_threads=1)
         count = sum(map(len, ids))
         pieces.append(np.fromiter(chain.from_iterable(ids), dtype=dtype, count=count))
 
@@ -114,6 +118,7 @@ _worker_tokenize: Callable[[Path], FileResult] | None = None
 def _init_worker(read: Reader, tokenizer_path: Path, dtype: np.dtype) -> None:
     global _worker_tokenize
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the main process answers it
+    one_thread_per_process()
     _worker_tokenize = partial(_tokenize_file, read=read, tokenizer=Tokenizer(tokenizer_path), dtype=dtype)
 
 
@@ -186,7 +191,7 @@ class Manifest:
             self._committed_pending.unlink(missing_ok=True)
         self._committed_pending = new_pending
 
-    def write_index(self, tokenizer_sha256: str) -> None:
+    def write_index(self, tokenizer: Tokenizer) -> None:
         """The job's index, from the log of its shards; the log goes once the index is there."""
         shards = [json.loads(line) for line in self.log_path.read_text().splitlines()] if self.log_path.exists() else []
         table = ShardTable(
@@ -196,7 +201,7 @@ class Manifest:
             np.array([shard["max_id"] for shard in shards], dtype=np.int64),
             np.array([shard.get("crc32", -1) for shard in shards], dtype=np.int64),  # logs from before checksums
         )
-        Index(table, tokenizer_sha256).write(self.index_path)
+        Index(table, tokenizer.sha256, tokenizer.boundary.to_dict()).write(self.index_path)
         self.log_path.unlink(missing_ok=True)
 
 
@@ -220,13 +225,14 @@ def prepare_corpus(
         raise InvalidInput(f"chunk_size must be positive, got {chunk_size}")
     tokenizer = Tokenizer(tokenizer_path)
     dtype = token_dtype(tokenizer.vocab_size)
+    print(f"Tokenizer {tokenizer.describe()}; shards of {dtype}")
     destination_path.mkdir(parents=True, exist_ok=True)
     settings = dict(
         source=source,
         split=split,
         shard_index=shard_index,
         chunk_size=chunk_size,
-        tokenizer_sha256=file_sha256(tokenizer.path),
+        tokenizer_sha256=tokenizer.sha256,
         files=len(files),
         files_sha256=hashlib.sha256("\n".join(map(str, files)).encode()).hexdigest(),
     )
@@ -291,7 +297,7 @@ def prepare_corpus(
     bar.close()
     writer.close()
     commit()
-    manifest.write_index(settings["tokenizer_sha256"])
+    manifest.write_index(tokenizer)
     progress.complete = True
     commit()
     print_summary(progress, destination_path)
@@ -341,6 +347,7 @@ def _tokenized(
 ) -> Iterator[Iterator[FileResult]]:
     """Tokenized files in input order: from a process pool, or in this process for one worker."""
     if num_workers <= 1 or len(files) <= 1:
+        one_thread_per_process()
         yield map(partial(_tokenize_file, read=read, tokenizer=Tokenizer(tokenizer_path), dtype=dtype), files)
         return
     context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
