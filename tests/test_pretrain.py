@@ -19,7 +19,7 @@ import torch
 from lit_gpt import GPT, Config, kernels
 from lit_gpt.data.index import index_directory
 from lit_gpt.data.loader import create_loader
-from lit_gpt.data.shards import write_shard
+from lit_gpt.data.shards import read_shard, write_shard
 from lit_gpt.run import DataSource, RunConfig
 from lit_gpt.schedule import Stage
 from lit_gpt.weights import load_model_weights
@@ -267,7 +267,7 @@ def test_startup_checks():
 
 @pytest.mark.slow
 def test_cpu_demo_recipe_learns(tmp_path):
-    """The demo recipe on the sample corpus: validation loss ends well below chance, ln(4096)."""
+    """The demo recipe on the sample corpus: the validation loss ends below what token frequencies alone give."""
     run_demo(tmp_path)
 
 
@@ -347,7 +347,16 @@ def run_demo(tmp_path: Path, *extra: str, tokenizer: Path = DEMO_TOKENIZER) -> N
     )
     val = {step: float(loss) for step, loss in metrics(tmp_path / "out", "val_loss").items()}
     first, last = val[min(val)], val[max(val)]
-    assert last < first and last < 0.75 * math.log(4096), val
+    assert last < first and last < unigram_entropy(tmp_path / "slim" / "validation") < math.log(4096), val
+
+
+def unigram_entropy(directory: Path) -> float:
+    """The loss of a model that knows the validation tokens' frequencies and nothing of their context:
+    a model that ends below it has learned from the context (the demo tokenizers: about 6.3 nats for the
+    SentencePiece model, 6.6 for the BPE, against 8.3 for chance)."""
+    counts = np.bincount(np.concatenate([read_shard(p) for p in sorted(directory.glob("*.bin"))]).astype(np.int64))
+    frequencies = counts[counts > 0] / counts.sum()
+    return float(-(frequencies * np.log(frequencies)).sum())
 
 
 def test_initial_checkpoint_starts_from_its_weights(data, tmp_path):
