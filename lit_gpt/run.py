@@ -22,7 +22,7 @@ from lit_gpt.errors import InvalidInput
 from lit_gpt.model import Checkpointing
 from lit_gpt.schedule import DecayShape, LearningRate, Stage, StagePlan
 from lit_gpt.spikes import SpikeGuard
-from lit_gpt.tokenizer import Boundary, Tokenizer
+from lit_gpt.tokenizer import Boundary, load_tokenizer
 
 Precision = Literal["bf16-mixed", "bf16-true", "32-true"]
 
@@ -244,7 +244,7 @@ class RunConfig:
             return None
         if self.tokenizer_path is None:
             raise InvalidInput("--document_mask true needs --tokenizer_path: documents are cut at its boundary token")
-        return Tokenizer(self.tokenizer_path).boundary
+        return load_tokenizer(self.tokenizer_path).boundary
 
     def resolved_precision(self) -> Precision:
         """The precision asked for, or the best the machine has: bf16-mixed on GPUs that support it."""
@@ -353,7 +353,7 @@ class RunConfig:
         carry its document boundary."""
         if self.tokenizer_path is None:
             return
-        tokenizer = Tokenizer(self.tokenizer_path)
+        tokenizer = load_tokenizer(self.tokenizer_path)
         if tokenizer.vocab_size > config.vocab_size:
             raise InvalidInput(
                 f"Tokenizer {tokenizer.path} has {tokenizer.vocab_size} tokens but model {self.model_name} only "

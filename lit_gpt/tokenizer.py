@@ -13,6 +13,7 @@ and training checks it, and ``--document_mask`` cuts documents at it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -70,6 +71,13 @@ def one_thread_per_process() -> None:
     themselves the parallelism (preparation's workers, one per core), so that N workers use N cores and
     not N x N threads. The library reads the variable at every batch."""
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+
+@functools.cache
+def load_tokenizer(path: Path) -> Tokenizer:
+    """The tokenizer at ``path``, read once per process: training asks for it at several places of its
+    start-up on every rank, and Llama 3's tokenizer.json is 9 MB of JSON on a shared filesystem."""
+    return Tokenizer(path)
 
 
 class Tokenizer:
@@ -156,9 +164,9 @@ class Tokenizer:
         eos = next((name for name in EOS_NAMES if name in specials), None)
         return bos, eos
 
-    @property
+    @functools.cached_property
     def sha256(self) -> str:
-        """The identity recorded in dataset indexes: the digest of the defining file."""
+        """The identity recorded in dataset indexes: the digest of the defining file (read once)."""
         return hashlib.sha256(self.path.read_bytes()).hexdigest()
 
     def id_to_token(self, token_id: int) -> str:

@@ -16,7 +16,7 @@ from lit_gpt.errors import InvalidInput
 from lit_gpt.hub import go_offline_without_hub
 from lit_gpt.rank_zero import say
 from lit_gpt.run import RunConfig
-from lit_gpt.tokenizer import Tokenizer
+from lit_gpt.tokenizer import load_tokenizer
 
 
 @dataclass
@@ -63,7 +63,7 @@ def task_evaluator(run: RunConfig, config: Config) -> Callable[[torch.nn.Module]
         run.eval_tasks,
         run.eval_tasks_include_path,
         run.eval_tasks_limit,
-        Tokenizer(run.tokenizer_path),
+        load_tokenizer(run.tokenizer_path),
         config.block_size,
         run.micro_batch_size,
     )

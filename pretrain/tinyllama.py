@@ -27,7 +27,7 @@ import torch
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-from lit_gpt import GPT, Config, Tokenizer, kernels
+from lit_gpt import GPT, Config, kernels
 from lit_gpt.checkpoint import (
     CheckpointWriter,
     check_writable,
@@ -48,7 +48,7 @@ from lit_gpt.run import RunConfig
 from lit_gpt.run_dir import claim_out_dir, release_locks
 from lit_gpt.schedule import StagePlan
 from lit_gpt.spikes import SpikeGuard
-from lit_gpt.tokenizer import Boundary
+from lit_gpt.tokenizer import Boundary, load_tokenizer
 from lit_gpt.validation import Evaluations, task_evaluator
 from lit_gpt.watchdog import (
     TIMEOUT_STATUS,
@@ -93,7 +93,7 @@ def check_inputs(run: RunConfig) -> None:
                 f"Dataset directory {source.path} does not exist (data source {source.name}); prepare it (README, Data)"
             )
     if run.tokenizer_path is not None:
-        Tokenizer(run.tokenizer_path)
+        load_tokenizer(run.tokenizer_path)
     run.document_boundary()
     run.stage_plan(run.model(), launched_world_size(run.devices, run.num_nodes))
 

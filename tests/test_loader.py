@@ -405,3 +405,16 @@ def test_a_version_2_index_from_before_boundaries_were_recorded_still_trains(tmp
     RunConfig(tokenizer_path=DEMO_TOKENIZER).check_tokenizer(config, [source])
     with pytest.raises(InvalidInput, match="records shards made with another tokenizer"):
         RunConfig(tokenizer_path=DEMO_BPE_TOKENIZER).check_tokenizer(config, [source])
+
+
+def test_index_files_that_disagree_only_among_the_ones_naming_a_boundary_are_refused(tmp_path):
+    """An index without a boundary agrees with any; two that name different ones do not, whatever the order."""
+    from lit_gpt.data.index import Index, ShardTable, read_directory_index
+
+    before = {"token": "<s>", "id": 1, "position": "before"}
+    after = {"token": "</s>", "id": 2, "position": "after"}
+    for name, boundary in (("a.index.json", None), ("b.index.json", before), ("c.index.json", after)):
+        one = np.ones(1, dtype=np.int64)
+        Index(ShardTable([f"{name}.bin"], one, ["uint16"], one, one), "f" * 64, boundary).write(tmp_path / name)
+    with pytest.raises(InvalidInput, match="index files of two tokenizers, b.index.json .* and c.index.json"):
+        read_directory_index(tmp_path, ["a.index.json", "b.index.json", "c.index.json"])

@@ -247,11 +247,11 @@ def read_directory_index(
             tables.append(shards)
             if index.tokenizer_sha256 is not None:
                 tokenizers[name] = index.tokenizer
-    digests = {record.sha256 for record in tokenizers.values()}
-    boundaries = {json.dumps(record.boundary) for record in tokenizers.values() if record.boundary is not None}
-    if len(digests) > 1 or len(boundaries) > 1:
-        first, record = next(iter(tokenizers.items()))
-        other = next(name for name, recorded in tokenizers.items() if not recorded.agrees_with(record))
+    # Against the first record that names a boundary (else the first): all agree with it iff all agree.
+    named = [item for item in tokenizers.items() if item[1].boundary is not None] or list(tokenizers.items())
+    first, record = named[0] if named else (None, None)
+    other = next((name for name, recorded in tokenizers.items() if not recorded.agrees_with(record)), None)
+    if other is not None:
         raise InvalidInput(
             f"{directory}: index files of two tokenizers, {first} ({record}) and {other} ({tokenizers[other]}); "
             "a dataset directory holds shards of one tokenizer"
