@@ -11,7 +11,7 @@
 (f) preparation's per-file time with 100,000 shards already in the output directory against an empty
     one: target ratio <= 1.2;
 (g) preparation's memory with 2 workers and a writer slowed to 0.3 s per file: target flat (growth
-    within the bound of two tokenized files per worker);
+    within the bound of two tokenized pieces per worker);
 (h) the loader with its shard content checks (checksum, or largest id without one) against without, in the
     first epoch after the job's first batch (every shard checked as it is first opened) and the later
     ones: target >= 0.95; the first batch's time (it waits for its shards' checks, once per job); and a
@@ -48,7 +48,7 @@ from tqdm import tqdm
 
 from lit_gpt import Tokenizer
 from lit_gpt.cli import run
-from lit_gpt.data.corpora import Skips, read_slimpajama, slimpajama_files
+from lit_gpt.data.corpora import slimpajama_documents, slimpajama_files
 from lit_gpt.data.index import INDEX_SUFFIX, Index, ShardTable
 from lit_gpt.data.loader import create_loader
 from lit_gpt.data.prepare import RESULTS_PER_WORKER, prepare_corpus
@@ -62,6 +62,7 @@ from lit_gpt.data.shards import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
+SLIMPAJAMA = slimpajama_documents(["RedPajamaGithub"])
 
 
 def benchmark_data(
@@ -334,7 +335,14 @@ def preparation_overhead(root: Path, tokenizer_path: Path, existing_shards: int,
         times: list[float] = []
         with writer_hook(lambda tokens, times=times: times.append(time.perf_counter())), quiet():
             prepare_corpus(
-                slimpajama_files(inputs, "train"), read, "slimpajama", tokenizer_path, destination, "train", 2049, 1
+                slimpajama_files(inputs, "train"),
+                SLIMPAJAMA,
+                "slimpajama",
+                tokenizer_path,
+                destination,
+                "train",
+                2049,
+                1,
             )
         per_file.append(float(np.median(np.diff(times))))
     print(
@@ -354,7 +362,7 @@ def preparation_memory(files: list[Path], tokenizer_path: Path, destination: Pat
         largest.append(tokens.nbytes)
 
     with writer_hook(slow), quiet():
-        prepare_corpus(files, read, "slimpajama", tokenizer_path, destination, "train", 2049 * 1024, 2)
+        prepare_corpus(files, SLIMPAJAMA, "slimpajama", tokenizer_path, destination, "train", 2049 * 1024, 2)
     bound = RESULTS_PER_WORKER * 2 * max(largest) / 2**20
     quarter = len(samples) // 4
     print(
@@ -388,10 +396,6 @@ def quiet() -> Iterator[None]:
 def resident_mib() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def read(path: Path, skips: Skips):
-    return read_slimpajama(path, skips, frozenset({"RedPajamaGithub"}))
 
 
 if __name__ == "__main__":

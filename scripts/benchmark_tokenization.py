@@ -32,9 +32,10 @@ import zstandard
 
 from lit_gpt import Tokenizer
 from lit_gpt.cli import run
-from lit_gpt.data.corpora import Skips, read_slimpajama, slimpajama_files
+from lit_gpt.data.corpora import slimpajama_documents, slimpajama_files
 from lit_gpt.data.prepare import BATCH_CHARS
 from lit_gpt.data.shards import read_header
+from lit_gpt.data.skips import Skips
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,7 +50,7 @@ def build_corpus(workdir: Path, megabytes: int) -> tuple[Path, list[str]]:
     sample = [
         text
         for path in slimpajama_files(workdir / "sample" / "SlimPajama-627B", "train")
-        for text in read_slimpajama(path, Skips(), frozenset({"RedPajamaGithub"}))
+        for text in slimpajama_documents(["RedPajamaGithub"]).of_file(path, Skips())
     ]
     source = workdir / "corpus"
     texts: list[str] = []
@@ -161,17 +162,35 @@ def preparation_figures(
 DATATROVE = """
 import sys
 from datatrove.executor import LocalPipelineExecutor
-from datatrove.pipeline.readers import JsonlReader
+from datatrove.pipeline.readers import JsonlReader, ParquetReader
 from datatrove.pipeline.tokens import DocumentTokenizer
 source, output, tokenizer, cores = sys.argv[1:5]
 LocalPipelineExecutor(
     pipeline=[
-        JsonlReader(source, glob_pattern="**/*.jsonl.zst", compression="zstd"),
+        {reader},
         DocumentTokenizer(output, tokenizer_name_or_path=tokenizer, shuffle_documents=False),
     ],
     tasks=int(cores), workers=int(cores), logging_dir=output + "/logs",
 ).run()
 """
+JSONL_ZST_READER = 'JsonlReader(source, glob_pattern="**/*.jsonl.zst", compression="zstd")'
+
+
+def timed_datatrove(
+    reader: str, source: Path, output: Path, tokenizer: Tokenizer, cores: int
+) -> tuple[float, int] | None:
+    """(c): wall seconds and peak memory of datatrove's ``reader`` + ``DocumentTokenizer`` on ``source``;
+    None, with a line saying why, where datatrove cannot run (not installed, not a tokenizer.json)."""
+    if tokenizer.backend != "huggingface":
+        print("(c) datatrove tokenizes with the tokenizers library only: pass a tokenizer.json")
+        return None
+    try:
+        import datatrove  # noqa: F401
+    except ImportError:
+        print("(c) datatrove is not installed: pip install datatrove")
+        return None
+    script = DATATROVE.format(reader=reader)
+    return timed([sys.executable, "-c", script, str(source), str(output), str(tokenizer.path), str(cores)])
 
 
 def benchmark_tokenization(
@@ -190,17 +209,10 @@ def benchmark_tokenization(
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         source, _, _, ours = preparation_figures(workdir, tokenizer, megabytes, cores)
-        if tokenizer.backend != "huggingface":
-            print("(c) datatrove tokenizes with the tokenizers library only: pass a tokenizer.json")
+        measured = timed_datatrove(JSONL_ZST_READER, source / "train", workdir / "datatrove", tokenizer, cores)
+        if measured is None:
             return
-        try:
-            import datatrove  # noqa: F401
-        except ImportError:
-            print("(c) datatrove is not installed: pip install datatrove")
-            return
-        output = workdir / "datatrove"
-        command = [sys.executable, "-c", DATATROVE, str(source / "train"), str(output), str(tokenizer.path)]
-        seconds, peak = timed([*command, str(cores)])
+        seconds, peak = measured
         theirs = ours.tokens / seconds  # the same documents; datatrove adds its own special tokens
         print(
             f"(c) datatrove DocumentTokenizer:   {theirs / 1e6:8.2f} M tokens/s; ours = {ours.rate / theirs:.2f} x "

@@ -1,12 +1,15 @@
-"""Tokenize SlimPajama-627B (``{split}/chunk*/*.jsonl.zst``) into packed shards, without its GitHub subset."""
+"""Tokenize SlimPajama-627B (``{split}/chunk*/*.jsonl.zst``) into packed shards, without its GitHub subset.
+
+A preset of ``prepare_corpus.py``: the same as ``--pattern '{split}/chunk*/*.jsonl.zst' --exclude
+'{meta.redpajama_set_name: [RedPajamaGithub]}' --source slimpajama``.
+"""
 
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
 
 from lit_gpt.cli import run
-from lit_gpt.data.corpora import read_slimpajama, slimpajama_files
+from lit_gpt.data.corpora import slimpajama_documents, slimpajama_files
 from lit_gpt.data.prepare import prepare_and_exit
 
 
@@ -44,12 +47,9 @@ def prepare(
         exclude_sets: RedPajama sets (``meta.redpajama_set_name``) left out; default: RedPajamaGithub,
             as TinyLlama takes its code from StarCoderData instead.
     """
-    read = partial(
-        read_slimpajama, exclude_sets=frozenset(["RedPajamaGithub"] if exclude_sets is None else exclude_sets)
-    )
     prepare_and_exit(
         slimpajama_files(source_path, split),
-        read,
+        slimpajama_documents(["RedPajamaGithub"] if exclude_sets is None else exclude_sets),
         "slimpajama",
         tokenizer_path,
         destination_path,

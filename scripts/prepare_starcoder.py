@@ -1,11 +1,15 @@
-"""Tokenize StarCoderData (``<language>/*.parquet``, column ``content``) into packed shards."""
+"""Tokenize StarCoderData (``<language>/*.parquet``, column ``content``) into packed shards.
+
+A preset of ``prepare_corpus.py``: the same as ``--pattern '*/*.parquet' --text_column content --source
+starcoder``, with ``--languages`` choosing the language folders.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from lit_gpt.cli import run
-from lit_gpt.data.corpora import read_starcoder, starcoder_files
+from lit_gpt.data.corpora import Documents, starcoder_files
 from lit_gpt.data.prepare import prepare_and_exit
 
 
@@ -40,13 +44,12 @@ def prepare(
         num_workers: tokenizing processes; default: all cores.
         num_shards: number of machines (or SLURM array tasks) sharing the job.
         shard_index: this machine's index in [0, num_shards): it takes every num_shards-th file.
-        languages: language directories to use, e.g. ``[python, jupyter]`` for TinyLlama v1.1
-            Math&Code; default: all of them.
+        languages: language directories to use, e.g. ``[python, jupyter-scripts-dedup-filtered]`` for
+            TinyLlama v1.1 Math&Code; default: all of them.
     """
-    read = read_starcoder
     prepare_and_exit(
         starcoder_files(source_path, languages),
-        read,
+        Documents("content"),
         "starcoder",
         tokenizer_path,
         destination_path,

@@ -27,12 +27,13 @@ def section(markdown: str, title: str) -> str:
 
 
 def commands(text: str) -> list[str]:
-    """The commands of the text's runnable bash blocks: comments dropped, continued lines joined."""
+    """The commands of the text's runnable bash blocks: comments (whole lines or after a command) dropped,
+    continued lines joined."""
     found = []
     for match in re.finditer(r"(?P<before>[^\n]*)\n```bash\n(?P<body>.*?)\n```", text, re.DOTALL):
         if match["before"].startswith(NOT_RUN):
             continue
-        lines = [re.sub(r"\s+#\s.*$", "", line) for line in match["body"].splitlines()]
+        lines = [re.sub(r"(^|\s+)#\s.*$", "", line) for line in match["body"].splitlines()]
         found += [command.strip() for command in "\n".join(lines).replace("\\\n", " ").splitlines() if command.strip()]
     return found
 
@@ -78,3 +79,41 @@ def test_the_readme_data_and_training_commands_run_as_written(tmp_path):
             assert any((tmp_path / value).iterdir()), f"{command} made nothing in {value}"
     for out_dir in ("out/cpu", "out/cpu-2"):  # the recipe's folders and the torchrun example's
         assert (tmp_path / out_dir / "step-00000002").is_dir(), out_dir
+
+
+def subsection(markdown: str, title: str) -> str:
+    start = markdown.index(f"\n### {title}\n")
+    return markdown[start : re.search(r"\n##+ ", markdown[start + 1 :]).start() + start + 1]
+
+
+def recipe_commands() -> list[str]:
+    """The prepare commands in the comments of the shipped recipes (``#   python scripts/...``)."""
+    found = []
+    for recipe in sorted((REPO_ROOT / "pretrain" / "configs").glob("*.yaml")):
+        comments = "\n".join(line[1:].strip() for line in recipe.read_text().splitlines() if line.startswith("#"))
+        found += [line for line in comments.replace("\\\n", " ").splitlines() if line.startswith("python scripts/")]
+    return found
+
+
+def test_pretrain_md_and_recipe_prepare_commands_run_on_the_sample_layouts(tmp_path):
+    """PRETRAIN.md's commands for other corpora, and those in the recipes' comments, read the real
+    layouts; the sample corpus has the same folders under data/sample, with the demo tokenizer."""
+    documented = commands(subsection((REPO_ROOT / "PRETRAIN.md").read_text(), "Any other corpus"))
+    documented += recipe_commands()
+    assert len(documented) >= 7 and any("tiny_llama_v1.1_chinese" in c or "skypile" in c for c in documented)
+    for name in ("scripts", "assets", "lit_gpt"):
+        (tmp_path / name).symlink_to(REPO_ROOT / name)
+    script = REPO_ROOT / "scripts" / "make_sample_corpus.py"
+    subprocess.run([sys.executable, str(script), "--destination", str(tmp_path / "data" / "sample")], check=True)
+    for command in documented:
+        words = shlex.split(command)
+        source = words.index("--source_path") + 1
+        words[source] = words[source].replace("data/", "data/sample/", 1)
+        words[0] = sys.executable
+        stdout, stderr, status = run_in_own_group(
+            [*words, "--tokenizer_path", "assets/tokenizer"], tmp_path, os.environ
+        )
+        assert status == 0, (command, stdout[-2000:], stderr[-3000:])
+        options = dict(zip(words[2::2], words[3::2], strict=True))
+        destination = options.get("--destination_path") or f"data/{options['--source']}/train"
+        assert list((tmp_path / destination).glob("*.bin")), f"{command} made no shards in {destination}"

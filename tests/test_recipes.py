@@ -36,6 +36,19 @@ def test_v1_1_math_code_stages():
     assert plan.max_tokens == pytest.approx(2e12, rel=1e-3)
 
 
+def test_v1_1_chinese_is_the_papers_table_7():
+    """Appendix A, Table 7: SlimPajama 100% in the basic stage, then 50% / 50% with SkyPile, ramped in
+    over the first 6B tokens of the continual stage and kept through the cooldown."""
+    hparams, plan = recipe("tiny_llama_v1.1_chinese.yaml")
+    assert [source.name for source in hparams.train_data] == ["slimpajama", "skypile"]
+    start = plan.start_tokens[1]
+    assert plan.weights(0) == [1.0, 0.0] and plan.weights(start - 1) == [1.0, 0.0]
+    assert plan.weights(start + 3_000_000_000) == pytest.approx([0.75, 0.25])
+    assert plan.weights(start + 6_000_000_000) == pytest.approx([0.5, 0.5])
+    assert plan.weights(plan.start_tokens[2] + 1) == pytest.approx([0.5, 0.5])
+    assert plan.max_tokens == pytest.approx(2e12, rel=1e-3)
+
+
 @pytest.mark.parametrize("name", ["tiny_llama_v1.1.yaml", "cpu_demo.yaml"])
 def test_other_recipes_parse(name):
     hparams, plan = recipe(name)

@@ -1,50 +1,130 @@
-"""Readers for the two TinyLlama corpora, which yield document texts and count what they skip.
+"""Which files make a corpus and which field of their records is a document.
 
-SlimPajama-627B: ``{split}/chunk*/*.jsonl.zst``, one JSON object per line with ``text`` and
-``meta.redpajama_set_name``. StarCoderData: ``<language>/*.parquet`` with a ``content`` column.
-A bad document is skipped and counted by reason; a file that cannot be read at all raises
-:class:`UnreadableFile`; a file that ends early keeps what was read and is counted as truncated.
+``corpus_files`` finds the files of any layout (a folder searched for corpus files, or glob patterns);
+``slimpajama_files`` and ``starcoder_files`` are the two TinyLlama layouts, SlimPajama-627B's
+``{split}/chunk*/*.jsonl.zst`` and StarCoderData's ``<language>/*.parquet``. ``Documents`` turns the
+records of a piece (:mod:`lit_gpt.data.formats`) into document texts, leaving out and counting what
+is not one: no text, text that is not a string, an excluded value, an empty text, text with no UTF-8
+form.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-import zstandard
-
+from lit_gpt.data.formats import KINDS, Piece, UnreadableFile, file_kind, pieces, records
+from lit_gpt.data.skips import Skips
 from lit_gpt.errors import MissingInput
 
-MAX_EXAMPLES = 5
-READ_SIZE = 1 << 20
+METADATA_FILES = {"dataset_info.json", "state.json", "dataset_dict.json"}  # beside datasets' Arrow files
 
 
-class UnreadableFile(Exception):
-    """No document of this file could be read (not the right format, unreadable, missing column)."""
+@dataclass(frozen=True)
+class Documents:
+    """The document of a record is its ``text_column`` (a dotted path reaches into nested records);
+    a record whose field in ``exclude`` holds one of the listed values is left out (compared as text),
+    e.g. ``{"meta.redpajama_set_name": ["RedPajamaGithub"]}``."""
+
+    text_column: str = "text"
+    exclude: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def columns(self) -> list[str]:
+        """The top-level columns read from parquet and Arrow files."""
+        return list(dict.fromkeys(name.split(".")[0] for name in [self.text_column, *self.exclude]))
+
+    def settings(self) -> dict:
+        return {"text_column": self.text_column, "exclude": {k: sorted(v) for k, v in sorted(self.exclude.items())}}
+
+    def texts(self, piece: Piece, skips: Skips) -> Iterator[str]:
+        """The documents of one piece, in order; everything else is counted in ``skips``."""
+        excluded = {name: set(values) for name, values in self.exclude.items()}
+        for where, record in records(piece, self.columns, skips):
+            text = field_value(record, self.text_column)
+            if text is None:
+                skips.add("no text field", where)
+                continue
+            if isinstance(text, bytes):
+                try:
+                    text = text.decode("utf-8")
+                except UnicodeDecodeError:
+                    skips.add("invalid UTF-8", where)
+                    continue
+            if not isinstance(text, str):
+                skips.add("text not a string", where)
+                continue
+            reason = next(
+                (f"excluded {name}={value}" for name, values in excluded.items()
+                 if (value := field_value(record, name)) is not None and str(value) in values),
+                None,
+            )  # fmt: skip
+            if reason is not None:
+                skips.add(reason, where)
+            elif not text.strip():
+                skips.add("empty document", where)
+            elif not _encodable(text):
+                skips.add("invalid UTF-8", where)
+            else:
+                yield text
+
+    def of_file(self, path: Path, skips: Skips) -> Iterator[str]:
+        """The documents of a whole file, piece after piece (for tools that take a file at a time)."""
+        for piece in pieces(path, self.columns):
+            if piece.error is not None:
+                raise UnreadableFile(piece.error)
+            yield from self.texts(piece, skips)
 
 
-@dataclass
-class Skips:
-    """Documents and files skipped, by reason, with the first few places for each reason."""
+def slimpajama_documents(exclude_sets: list[str]) -> Documents:
+    """SlimPajama's records: ``text``, without the RedPajama sets named (``meta.redpajama_set_name``)."""
+    return Documents("text", {"meta.redpajama_set_name": exclude_sets} if exclude_sets else {})
 
-    counts: dict[str, int] = field(default_factory=dict)  # a plain dict: the manifest stores it as JSON
-    examples: dict[str, list[str]] = field(default_factory=dict)
 
-    def add(self, reason: str, where: str) -> None:
-        self.counts[reason] = self.counts.get(reason, 0) + 1
-        places = self.examples.setdefault(reason, [])
-        if len(places) < MAX_EXAMPLES:
-            places.append(where)
+def field_value(record: object, path: str) -> object:
+    """``record["a"]["b"]`` for the path ``a.b``; None where a level is missing or not a mapping."""
+    for name in path.split("."):
+        if not isinstance(record, dict):
+            return None
+        record = record.get(name)
+    return record
 
-    def update(self, other: Skips) -> None:
-        for reason, count in other.counts.items():
-            self.counts[reason] = self.counts.get(reason, 0) + count
-            places = self.examples.setdefault(reason, [])
-            places.extend(other.examples.get(reason, [])[: MAX_EXAMPLES - len(places)])
+
+def _encodable(text: str) -> bool:
+    """False for text with lone surrogates (JSON can escape them), which have no UTF-8 form."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def corpus_files(source_path: Path, patterns: list[str] | None = None) -> list[Path]:
+    """The corpus files under ``source_path`` in sorted order: those matching ``patterns`` (globs relative
+    to it, ``**`` for any depth), or every corpus file below it (hidden folders such as the ``.cache`` of
+    ``hf download`` and ``datasets``' metadata left out; other files reported and ignored)."""
+    if source_path.is_file():
+        found = [source_path]
+    elif not source_path.is_dir():
+        raise MissingInput(f"No corpus at {source_path}: no such file or folder")
+    elif patterns:
+        found = sorted({path for pattern in patterns for path in source_path.glob(pattern) if not path.is_dir()})
+        if not found:
+            raise MissingInput(f"No input files: nothing under {source_path} matches {' or '.join(patterns)}")
+    else:
+        found = sorted(
+            path
+            for path in source_path.rglob("*")
+            if not path.is_dir() and not any(part.startswith(".") for part in path.relative_to(source_path).parts)
+        )
+        others = [path for path in found if file_kind(path) is None or path.name in METADATA_FILES]
+        if others:
+            print(f"Ignored {len(others)} files of other kinds under {source_path}, e.g. {others[0].name}")
+        found = [path for path in found if path not in set(others)]
+        if not found:
+            raise MissingInput(f"No corpus files ({KINDS}) under {source_path}")
+    return found
 
 
 def slimpajama_files(source_path: Path, split: str) -> list[Path]:
@@ -65,94 +145,3 @@ def starcoder_files(source_path: Path, languages: list[str] | None) -> list[Path
     if not files:
         raise MissingInput(f"No input files for starcoder: nothing matches {source_path}/{' or '.join(patterns)}")
     return files
-
-
-def _encodable(text: str) -> bool:
-    """False for text with lone surrogates (JSON can escape them), which have no UTF-8 form."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _zst_lines(path: Path) -> Iterator[bytes]:
-    """Lines of a zstd-compressed file; raises EOFError if the compressed stream ends mid-frame."""
-    decompressor = zstandard.ZstdDecompressor().decompressobj()
-    rest = b""
-    with open(path, "rb") as f:
-        while chunk := f.read(READ_SIZE):
-            lines = (rest + decompressor.decompress(chunk)).split(b"\n")
-            rest = lines.pop()
-            yield from lines
-    if not decompressor.eof:
-        raise EOFError
-    if rest:
-        yield rest
-
-
-def read_slimpajama(path: Path, skips: Skips, exclude_sets: frozenset[str]) -> Iterator[str]:
-    """Document texts of one SlimPajama file, leaving out the RedPajama sets in ``exclude_sets``."""
-    lineno = 0
-    try:
-        for lineno, line in enumerate(_zst_lines(path), start=1):
-            where = f"{path}:{lineno}"
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except UnicodeDecodeError:
-                skips.add("invalid UTF-8", where)
-                continue
-            except json.JSONDecodeError:
-                skips.add("malformed JSON", where)
-                continue
-            text = record.get("text") if isinstance(record, dict) else None
-            if not isinstance(text, str):
-                skips.add("no text field", where)
-                continue
-            meta = record.get("meta")
-            set_name = meta.get("redpajama_set_name") if isinstance(meta, dict) else None
-            if set_name in exclude_sets:
-                skips.add(f"excluded set {set_name}", where)
-                continue
-            if not text.strip():
-                skips.add("empty document", where)
-                continue
-            if not _encodable(text):
-                skips.add("invalid UTF-8", where)
-                continue
-            yield text
-    except (zstandard.ZstdError, EOFError, OSError) as error:
-        if lineno == 0:
-            raise UnreadableFile(f"{path}: not a readable zstd file ({error or 'ends early'})") from None
-        skips.add("truncated file", f"{path} after line {lineno}")
-
-
-def read_starcoder(path: Path, skips: Skips) -> Iterator[str]:
-    """Document texts (the ``content`` column) of one StarCoderData parquet file."""
-    try:
-        parquet = pq.ParquetFile(path)
-    except (pa.ArrowException, OSError) as error:
-        raise UnreadableFile(f"{path}: not a readable parquet file ({error})") from None
-    if "content" not in parquet.schema_arrow.names:
-        raise UnreadableFile(f"{path}: no 'content' column (columns: {', '.join(parquet.schema_arrow.names)})")
-    row = 0
-    for group in range(parquet.num_row_groups):
-        try:
-            column = parquet.read_row_group(group, columns=["content"]).column("content")
-        except (pa.ArrowException, OSError):
-            count = parquet.metadata.row_group(group).num_rows
-            skips.add("unreadable row group", f"{path} rows {row}-{row + count - 1}")
-            row += count
-            continue
-        for text in column.to_pylist():
-            if text is None:
-                skips.add("no text field", f"{path} row {row}")
-            elif not text.strip():
-                skips.add("empty document", f"{path} row {row}")
-            elif not _encodable(text):
-                skips.add("invalid UTF-8", f"{path} row {row}")
-            else:
-                yield text
-            row += 1
