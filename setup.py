@@ -30,6 +30,7 @@ setup(
             "tensorboard",
             "wandb",
             "lm-eval[hf]>=0.4.8",  # [hf]: the harness's own backend, which the adapter's tests compare with
+            "datasets",  # writes and reads the Arrow folders of the corpus tests (datasets.save_to_disk)
         ],
     },
 )
