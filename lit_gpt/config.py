@@ -1,4 +1,5 @@
-"""Model hyperparameters: one dataclass with Lit-GPT field names, and the named TinyLlama configs."""
+"""Model hyperparameters: one dataclass with Lit-GPT field names, and the named configs (TinyLlama's, and
+the Llama 3 generation's shapes)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,16 @@ from lit_gpt.errors import InvalidInput
 
 @dataclass
 class Config:
-    """A decoder-only Llama 2 model: RoPE, pre-norm RMSNorm, SwiGLU MLP, grouped-query attention.
+    """A decoder-only Llama model: RoPE, pre-norm RMSNorm, SwiGLU MLP, grouped-query attention.
 
     Field names follow Lit-GPT so that checkpoints and recipes written for it read unchanged.
     ``padded_vocab_size`` defaults to ``vocab_size`` rounded up to ``padding_multiple`` (a multiple of
-    64 keeps the embedding and output matmuls on fast tensor-core shapes).
+    64 keeps the embedding and output matmuls on fast tensor-core shapes). The Llama 3 generation adds
+    ``tie_embeddings`` (the output head is the embedding matrix: one weight, 0.26B parameters fewer at
+    Llama 3.2 1B's shape) and ``rope_scaling``, Hugging Face's ``rope_scaling`` dict of the "llama3"
+    kind (``factor``, ``low_freq_factor``, ``high_freq_factor``, ``original_max_position_embeddings``),
+    computed as ``transformers`` does. Their defaults (untied, no scaling) keep every existing config,
+    recipe and checkpoint meaning what it meant.
     """
 
     name: str = ""
@@ -28,13 +34,17 @@ class Config:
     n_embd: int = 2048
     n_query_groups: int | None = None
     intermediate_size: int = 5632
-    rope_base: int = 10000
+    rope_base: float = 10000
     norm_eps: float = 1e-5
     bias: bool = False
+    tie_embeddings: bool = False
+    rope_scaling: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.n_query_groups is None:
             self.n_query_groups = self.n_head
+        if self.rope_scaling is not None:
+            self.rope_scaling = dict(self.rope_scaling)  # never the named configs' own dict
         if self.padded_vocab_size is None:
             padded = math.ceil(self.vocab_size / self.padding_multiple) * self.padding_multiple
             self.padded_vocab_size = padded
@@ -66,6 +76,14 @@ class Config:
             )
         if self.norm_eps <= 0:
             raise InvalidInput(f"Config {self.name!r}: norm_eps must be positive, got {self.norm_eps}")
+        if self.rope_scaling is not None:
+            kind = self.rope_scaling.get("rope_type", self.rope_scaling.get("type"))
+            missing = [key for key in LLAMA3_SCALING if key not in self.rope_scaling]
+            if kind != "llama3" or missing:
+                raise InvalidInput(
+                    f"Config {self.name!r}: rope_scaling must be of rope_type llama3 with "
+                    f"{', '.join(LLAMA3_SCALING)}; got {self.rope_scaling}"
+                )
 
     @property
     def head_size(self) -> int:
@@ -87,6 +105,15 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+
+LLAMA3_SCALING = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+LLAMA_3_2_SCALING = {
+    "rope_type": "llama3",
+    "factor": 32.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 8192,
+}
 
 NAMED_CONFIGS: dict[str, dict[str, Any]] = {
     # TinyLlama paper, Table 1: 1,100,048,384 parameters.
@@ -118,5 +145,69 @@ NAMED_CONFIGS: dict[str, dict[str, Any]] = {
         n_embd=256,
         n_query_groups=2,
         intermediate_size=704,
+    ),
+}
+
+# The Llama 3 generation, as released (config.json of each hub repository). Llama 3.2 ties the head and
+# extends RoPE to 128k positions by the llama3 scaling; block_size is its original context of 8,192
+# (the converted Hugging Face config keeps max_position_embeddings, 131,072). SmolLM2: Llama shapes with
+# tied heads, a 49,152-entry vocabulary and 8,192 positions.
+NAMED_CONFIGS |= {
+    "Llama-3.2-1B": dict(
+        block_size=8192,
+        vocab_size=128256,
+        n_layer=16,
+        n_head=32,
+        n_embd=2048,
+        n_query_groups=8,
+        intermediate_size=8192,
+        rope_base=500000.0,
+        tie_embeddings=True,
+        rope_scaling=LLAMA_3_2_SCALING,
+    ),
+    "Llama-3.2-3B": dict(
+        block_size=8192,
+        vocab_size=128256,
+        n_layer=28,
+        n_head=24,
+        n_embd=3072,
+        n_query_groups=8,
+        intermediate_size=8192,
+        rope_base=500000.0,
+        tie_embeddings=True,
+        rope_scaling=LLAMA_3_2_SCALING,
+    ),
+    "SmolLM2-135M": dict(
+        block_size=8192,
+        vocab_size=49152,
+        n_layer=30,
+        n_head=9,
+        n_embd=576,
+        n_query_groups=3,
+        intermediate_size=1536,
+        rope_base=100000.0,
+        tie_embeddings=True,
+    ),
+    "SmolLM2-360M": dict(
+        block_size=8192,
+        vocab_size=49152,
+        n_layer=32,
+        n_head=15,
+        n_embd=960,
+        n_query_groups=5,
+        intermediate_size=2560,
+        rope_base=100000.0,
+        tie_embeddings=True,
+    ),
+    "SmolLM2-1.7B": dict(
+        block_size=8192,
+        vocab_size=49152,
+        n_layer=24,
+        n_head=32,
+        n_embd=2048,
+        n_query_groups=32,
+        intermediate_size=8192,
+        rope_base=130000.0,
+        tie_embeddings=True,
     ),
 }

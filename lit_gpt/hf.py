@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from lit_gpt.config import Config
+from lit_gpt.config import LLAMA3_SCALING, Config
 from lit_gpt.errors import InvalidInput, MissingInput, TensorMismatch
 from lit_gpt.model import check_state_dict
 from lit_gpt.tokenizer import Tokenizer
@@ -69,9 +69,12 @@ def merge_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, config: Config)
 
 
 def lit_to_hf(state_dict: dict[str, torch.Tensor], config: Config) -> dict[str, torch.Tensor]:
-    """Rename a Lit-GPT state dict to Hugging Face Llama names, splitting the fused q/k/v."""
+    """Rename a Lit-GPT state dict to Hugging Face Llama names, splitting the fused q/k/v (a tied model's
+    has no head: ``tie_word_embeddings`` makes Hugging Face use the embedding)."""
     converted = {}
     for name, tensor in state_dict.items():
+        if name == "lm_head.weight" and config.tie_embeddings:
+            continue
         template, layer = _template(name)
         module, _, kind = template.rpartition(".")
         if module == LIT_QKV:
@@ -85,11 +88,14 @@ def lit_to_hf(state_dict: dict[str, torch.Tensor], config: Config) -> dict[str, 
 
 
 def hf_to_lit(state_dict: dict[str, torch.Tensor], config: Config) -> dict[str, torch.Tensor]:
-    """Rename a Hugging Face Llama state dict to Lit-GPT names, fusing q/k/v."""
+    """Rename a Hugging Face Llama state dict to Lit-GPT names, fusing q/k/v. A tied model's state dict
+    has no ``lm_head.weight`` (the head is the embedding): a stored one is ignored, as Hugging Face does."""
     hf_to_lit_modules = {hf: lit for lit, hf in LIT_TO_HF_MODULES.items()}
     converted = {}
     qkv_parts: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
     for name, tensor in state_dict.items():
+        if name == "lm_head.weight" and config.tie_embeddings:
+            continue
         template, layer = _template(name)
         module, _, kind = template.rpartition(".")
         if module in HF_QKV:
@@ -123,11 +129,11 @@ def hf_llama_config(config: Config, dtype: torch.dtype, bos_id: int | None = 1, 
         "max_position_embeddings": config.block_size,
         "rms_norm_eps": config.norm_eps,
         "rope_theta": float(config.rope_base),
-        "rope_scaling": None,
+        "rope_scaling": config.rope_scaling,
         "hidden_act": "silu",
         "attention_bias": config.bias,
         "mlp_bias": config.bias,
-        "tie_word_embeddings": False,
+        "tie_word_embeddings": config.tie_embeddings,
         "bos_token_id": bos_id,
         "eos_token_id": eos_id,
         "torch_dtype": str(dtype).removeprefix("torch."),
@@ -138,14 +144,19 @@ def config_from_hf(hf: dict[str, Any], source: Path) -> Config:
     """Our Config for a Hugging Face Llama config.json; other architectures are refused."""
     if hf.get("model_type") != "llama":
         raise InvalidInput(f"{source}: model_type {hf.get('model_type')!r} is not a Llama model; only Llama converts")
-    if hf.get("rope_scaling") or (hf.get("rope_parameters") or {}).get("rope_type", "default") != "default":
-        raise InvalidInput(f"{source}: RoPE scaling is not supported")
+    rope = hf.get("rope_parameters") or {}  # transformers 5 keeps rope_theta and the scaling together here
+    scaling = hf.get("rope_scaling") or (rope if rope.get("rope_type", "default") != "default" else None)
+    kind = (scaling or {}).get("rope_type", (scaling or {}).get("type"))
+    if scaling is not None and kind != "llama3":
+        raise InvalidInput(f"{source}: RoPE scaling of type {kind!r} is not supported (llama3 is)")
     if hf.get("hidden_act", "silu") != "silu" or hf.get("mlp_bias", False) != hf.get("attention_bias", False):
         raise InvalidInput(f"{source}: only SiLU MLPs with biases matching the attention's are supported")
     head_dim = hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"]
     if head_dim * hf["num_attention_heads"] != hf["hidden_size"]:
         raise InvalidInput(f"{source}: head_dim {head_dim} x {hf['num_attention_heads']} heads != hidden_size")
-    rope_theta = hf.get("rope_theta") or (hf.get("rope_parameters") or {}).get("rope_theta", 10000.0)
+    rope_theta = hf.get("rope_theta") or rope.get("rope_theta", 10000.0)
+    if scaling is not None:
+        scaling = {"rope_type": "llama3"} | {key: scaling[key] for key in LLAMA3_SCALING}
     return Config(
         name=hf.get("_name_or_path", ""),
         block_size=hf["max_position_embeddings"],
@@ -156,9 +167,11 @@ def config_from_hf(hf: dict[str, Any], source: Path) -> Config:
         n_embd=hf["hidden_size"],
         n_query_groups=hf.get("num_key_value_heads") or hf["num_attention_heads"],
         intermediate_size=hf["intermediate_size"],
-        rope_base=int(rope_theta),
+        rope_base=rope_theta,
         norm_eps=hf["rms_norm_eps"],
         bias=hf.get("attention_bias", False),
+        tie_embeddings=hf.get("tie_word_embeddings", False),
+        rope_scaling=scaling,
     )
 
 
@@ -315,9 +328,6 @@ def read_hf_model(checkpoint_dir: Path) -> tuple[Config, dict[str, torch.Tensor]
     hf_config = json.loads(config_path.read_text())
     config = config_from_hf(hf_config, config_path)
     weights = {k: v for k, v in read_hf_weights(checkpoint_dir).items() if not k.endswith("rotary_emb.inv_freq")}
-    tied = hf_config.get("tie_word_embeddings") and "model.embed_tokens.weight" in weights
-    if "lm_head.weight" not in weights and tied:
-        weights["lm_head.weight"] = weights["model.embed_tokens.weight"].clone()  # our output head is untied
     state_dict = hf_to_lit(weights, config)
     check_state_dict(state_dict, config, checkpoint_dir)
     return config, state_dict

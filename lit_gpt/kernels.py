@@ -172,11 +172,30 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------ Rotary
 
 
-def rope_cache(positions: torch.Tensor, head_size: int, base: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of shape (len(positions), head_size // 2), computed in fp32 as Hugging Face does."""
+def rope_cache(
+    positions: torch.Tensor, head_size: int, base: float, scaling: dict | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of shape (len(positions), head_size // 2), computed in fp32 as Hugging Face does;
+    ``scaling`` is a "llama3" ``rope_scaling`` dict (Config.rope_scaling) or None."""
     inv_freq = 1.0 / (base ** (torch.arange(0, head_size, 2, device=positions.device).float() / head_size))
+    if scaling is not None:
+        inv_freq = llama3_frequencies(inv_freq, scaling)
     angles = torch.outer(positions.float(), inv_freq)
     return angles.cos(), angles.sin()
+
+
+def llama3_frequencies(inv_freq: torch.Tensor, scaling: dict) -> torch.Tensor:
+    """Llama 3.1's context extension: frequencies whose wavelength exceeds the original context divided by
+    ``low_freq_factor`` are divided by ``factor``, those shorter than it divided by ``high_freq_factor``
+    are kept, and those between are interpolated smoothly (``transformers``' llama3 rope type)."""
+    factor, original = scaling["factor"], scaling["original_max_position_embeddings"]
+    low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
+    wavelength = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelength > original / low, inv_freq / factor, inv_freq)
+    smooth = (original / wavelength - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    between = (wavelength >= original / high) & (wavelength <= original / low)
+    return torch.where(between, smoothed, scaled)
 
 
 def apply_rotary_reference(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -1,10 +1,13 @@
-"""The TinyLlama model in one file: a decoder-only Llama 2 transformer.
+"""The TinyLlama model in one file: a decoder-only Llama transformer (Llama 2 and 3 generations).
 
     tokens -> embedding -> n_layer x Block -> RMSNorm -> lm_head -> logits
     Block:  x + attention(RMSNorm(x))  then  x + SwiGLU-MLP(RMSNorm(x))
 
 Attention is causal, grouped-query (n_query_groups key/value heads shared by n_head query heads) and
-uses rotary position embeddings in the "rotate half" convention of Hugging Face Llama. The heavy
+uses rotary position embeddings in the "rotate half" convention of Hugging Face Llama (with Llama 3's
+frequency scaling where the config asks for it). With ``tie_embeddings`` the lm_head's weight is the
+embedding's: one Parameter, which the state dict holds once, as ``transformer.wte.weight`` (so every
+checkpoint and conversion stores it once, and loading gives the head its weight back). The heavy
 operations go through ``lit_gpt.kernels``, which picks fused GPU kernels or exact PyTorch code.
 """
 
@@ -48,6 +51,10 @@ class GPT(nn.Module):
             )
         )
         self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.transformer.wte.weight
+            self.register_state_dict_post_hook(_drop_tied_head)
+            self.register_load_state_dict_pre_hook(_restore_tied_head)
         self.head_loss = kernels.linear_cross_entropy  # training compiles it with the blocks (--compile)
         self.init_weights()
 
@@ -107,7 +114,8 @@ class GPT(nn.Module):
             if self.transformer.h[0].attn.kv_cache is not None:
                 raise ValueError("Document masks are for training; decoding with a KV cache scores one text")
             mask = kernels.document_mask(kernels.document_ids(idx, boundary))  # once, for every layer
-        cos, sin = kernels.rope_cache(input_pos, self.config.head_size, self.config.rope_base)
+        config = self.config
+        cos, sin = kernels.rope_cache(input_pos, config.head_size, config.rope_base, config.rope_scaling)
         x = self.transformer.wte(idx)
         every = {"none": 0, "full": 1, "selective": 2}[self.activation_checkpointing]
         for i, block in enumerate(self.transformer.h):
@@ -249,6 +257,16 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return kernels.rms_norm(x, self.weight, self.eps)
+
+
+def _drop_tied_head(module: GPT, state_dict: dict, prefix: str, local_metadata: dict) -> None:
+    state_dict.pop(f"{prefix}lm_head.weight", None)
+
+
+def _restore_tied_head(module: GPT, state_dict: dict, prefix: str, *args: object) -> None:
+    embedding = state_dict.get(f"{prefix}transformer.wte.weight")
+    if embedding is not None:
+        state_dict.setdefault(f"{prefix}lm_head.weight", embedding)
 
 
 def check_state_dict(state_dict: dict[str, torch.Tensor], config: Config, source: Path) -> None:

@@ -36,9 +36,8 @@ def convert_hf_checkpoint(
     cast = getattr(torch, dtype) if dtype else None
 
     def write(directory: Path) -> None:
-        save_file(
-            {k: v.to(cast or v.dtype).contiguous() for k, v in state_dict.items()}, directory / "model.safetensors"
-        )
+        stored = {k: v.to(cast or v.dtype).contiguous() for k, v in state_dict.items()}
+        save_file(stored, directory / "model.safetensors")
         (directory / "model_config.json").write_text(json.dumps(config.to_dict(), indent=2))
         for name in TOKENIZER_FILES:
             if (checkpoint_dir / name).is_file():

@@ -6,12 +6,12 @@ from lit_gpt.config import NAMED_CONFIGS
 
 
 def llama_parameter_count(c: Config) -> int:
-    """Parameters of a Llama 2 model from its shape, written out independently of the model code."""
+    """Parameters of a Llama model from its shape, written out independently of the model code."""
     head_size = c.n_embd // c.n_head
     attention = c.n_embd * (c.n_head + 2 * c.n_query_groups) * head_size + c.n_head * head_size * c.n_embd
     mlp = 3 * c.n_embd * c.intermediate_size
     norms = 2 * c.n_embd
-    embeddings = 2 * c.padded_vocab_size * c.n_embd  # input embedding and untied output head
+    embeddings = (1 if c.tie_embeddings else 2) * c.padded_vocab_size * c.n_embd  # input embedding, output head
     return embeddings + c.n_layer * (attention + mlp + norms) + c.n_embd
 
 

@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from lit_gpt import GPT, Config
-from lit_gpt.weights import load_model_weights
+from lit_gpt.weights import load_model_weights, read_model_config
 
 from conftest import DEMO_TOKENIZER, REPO_ROOT, TOKENIZER, free_port, load_script, train_args
 
@@ -142,10 +142,15 @@ def test_pytorch_bin_checkpoints_load_without_pickled_code(tmp_path):
         convert_hf(tmp_path / "bin", tmp_path / "lit2")
 
 
-def test_tied_embeddings_become_an_untied_head(tmp_path):
+def test_tied_embeddings_stay_one_weight(tmp_path):
+    """The lit checkpoint stores the embedding once and reads back with the head under its own name."""
     model = hf_directory(tmp_path / "hf", tie=True)
     convert_hf(tmp_path / "hf", tmp_path / "lit")
-    assert torch.equal(load_model_weights(tmp_path / "lit")["lm_head.weight"], model.model.embed_tokens.weight)
+    weights = load_model_weights(tmp_path / "lit")
+    assert "lm_head.weight" not in weights and "lm_head.weight" not in load_file(tmp_path / "lit" / "model.safetensors")
+    ours = GPT(read_model_config(tmp_path / "lit"))
+    ours.load_state_dict(weights)  # strict: the head is the embedding
+    assert torch.equal(ours.lm_head.weight, model.model.embed_tokens.weight)
 
 
 def test_refusals_name_the_problem(tmp_path):
