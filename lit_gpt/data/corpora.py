@@ -121,7 +121,8 @@ def corpus_files(source_path: Path, patterns: list[str] | None = None) -> list[P
         others = [path for path in found if file_kind(path) is None or path.name in METADATA_FILES]
         if others:
             print(f"Ignored {len(others)} files of other kinds under {source_path}, e.g. {others[0].name}")
-        found = [path for path in found if path not in set(others)]
+            ignored = set(others)  # once: a set built inside the filter below would be built per file
+            found = [path for path in found if path not in ignored]
         if not found:
             raise MissingInput(f"No corpus files ({KINDS}) under {source_path}")
     return found
