@@ -4,7 +4,7 @@ the Llama 3 generation's shapes)."""
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from lit_gpt.errors import InvalidInput
@@ -90,10 +90,17 @@ class Config:
         return self.n_embd // self.n_head
 
     @classmethod
-    def from_name(cls, name: str, **overrides: Any) -> Config:
-        """The named config, with any field replaced by ``overrides``."""
+    def from_name(cls, name: str, /, **overrides: Any) -> Config:
+        """The named config, with any field replaced by ``overrides`` (a converted checkpoint's whole
+        model_config.json, its ``name`` included, is accepted as overrides)."""
         if name not in NAMED_CONFIGS:
             raise InvalidInput(f"Unknown model name {name!r}; known names: {', '.join(sorted(NAMED_CONFIGS))}")
+        unknown = sorted(set(overrides) - {field.name for field in fields(cls)})
+        if unknown:
+            raise InvalidInput(
+                f"Unknown model config field(s) {', '.join(unknown)}; the fields are "
+                f"{', '.join(field.name for field in fields(cls))}"
+            )
         return cls(**{"name": name, **NAMED_CONFIGS[name], **overrides})
 
     def replace(self, **overrides: Any) -> Config:
@@ -211,3 +218,18 @@ NAMED_CONFIGS |= {
         tie_embeddings=True,
     ),
 }
+# TinyLlama3, the plan of TinyLlama's README template (about 2B parameters, 4,096 context, Llama 3's
+# tokenizer, tied embeddings): Llama 3.2 1B's block (n_embd 2048, 32 heads of 64, 8 query groups,
+# SwiGLU 8192) at 28 layers instead of 16 -- 1,965,672,448 parameters, 14.6 GFLOPs per trained token.
+# The README's TinyLlama3 section gives the reasons and scripts/plan_memory.py its memory per GPU.
+NAMED_CONFIGS["tiny_LLaMA3_2b"] = dict(
+    block_size=4096,
+    vocab_size=128256,
+    n_layer=28,
+    n_head=32,
+    n_embd=2048,
+    n_query_groups=8,
+    intermediate_size=8192,
+    rope_base=500000.0,
+    tie_embeddings=True,
+)

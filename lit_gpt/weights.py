@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from lit_gpt.config import Config
-from lit_gpt.errors import MissingInput, OutputExists
+from lit_gpt.errors import InvalidInput, MissingInput, OutputExists
 from lit_gpt.hf import read_hf_model
 from lit_gpt.model import GPT, check_state_dict
 from lit_gpt.tokenizer import HF_FILE, SENTENCEPIECE_FILE, Tokenizer
@@ -54,6 +54,30 @@ def load_model_weights(checkpoint_dir: Path) -> dict[str, torch.Tensor]:
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
         dcp.load({"model": model}, checkpoint_id=checkpoint_dir, no_dist=True)
     return model
+
+
+# What the weights compute besides their shapes: a run started from them with another value of one of
+# these (a Llama 3.2 checkpoint without its rope scaling, untied) would train a different function.
+FUNCTION_FIELDS = ("n_head", "n_query_groups", "rope_base", "rope_scaling", "tie_embeddings", "norm_eps", "bias")
+
+
+def initial_weights(checkpoint_dir: Path, config: Config) -> dict[str, torch.Tensor]:
+    """The weights that start a run (``--initial_checkpoint``), checked against the run's model: every tensor
+    with its shape, and the checkpoint's own config (where it has one) agreeing on ``FUNCTION_FIELDS``.
+    The context length may differ: continued pretraining often shortens or lengthens it."""
+    if (checkpoint_dir / "model_config.json").is_file():
+        theirs = read_model_config(checkpoint_dir)
+        differ = [f"{name} {getattr(theirs, name)!r}, not {getattr(config, name)!r}" for name in FUNCTION_FIELDS
+                  if getattr(theirs, name) != getattr(config, name)]  # fmt: skip
+        if differ:
+            raise InvalidInput(
+                f"--initial_checkpoint {checkpoint_dir} was made with {'; '.join(differ)}: start from the "
+                f"named config it came from (its model_config.json says {theirs.name or 'no name'}) or set "
+                "those fields in --model_config"
+            )
+    weights = load_model_weights(checkpoint_dir)
+    check_state_dict(weights, config, checkpoint_dir)
+    return weights
 
 
 def load_model(checkpoint_dir: Path, tokenizer_path: Path | None = None) -> tuple[Any, Tokenizer]:

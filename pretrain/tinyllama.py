@@ -39,7 +39,6 @@ from lit_gpt.cli import run as run_command
 from lit_gpt.data.loader import BlockLoader
 from lit_gpt.errors import InvalidInput, MissingInput
 from lit_gpt.launch import Strategy, check_launch, devices_per_node, launched_world_size
-from lit_gpt.model import check_state_dict
 from lit_gpt.monitor import MetricLogger, SourceTokens, Throughput, create_loggers, format_eta
 from lit_gpt.preemption import EARLY, StopRequest, exit_status, requeue, slurm_job
 from lit_gpt.rank_failures import CheckedBatches, quiet_when_another_rank_fails
@@ -58,7 +57,7 @@ from lit_gpt.watchdog import (
     reset_restarts,
     set_collective_timeout,
 )
-from lit_gpt.weights import load_model_weights
+from lit_gpt.weights import initial_weights
 
 
 def setup(run: RunConfig) -> None:
@@ -151,9 +150,7 @@ def main(fabric: L.Fabric, run: RunConfig, stop: StopRequest) -> None:
     fabric.seed_everything(run.seed)
     model = GPT(config, activation_checkpointing=run.activation_checkpointing)
     if run.initial_checkpoint is not None:
-        weights = load_model_weights(run.initial_checkpoint)
-        check_state_dict(weights, config, run.initial_checkpoint)
-        model.load_state_dict(weights)
+        model.load_state_dict(initial_weights(run.initial_checkpoint, config))
     model = fabric.setup(model)
     optimizer = torch.optim.AdamW(
         model.parameters(),

@@ -20,7 +20,8 @@ from lit_gpt.cli import load_script
 from lit_gpt.data.shards import write_shard
 from lit_gpt.errors import InvalidInput
 from lit_gpt.hf import hf_llama_config
-from lit_gpt.weights import load_model
+from lit_gpt.schedule import cosine_lr
+from lit_gpt.weights import initial_weights, load_model, read_model_config
 
 from conftest import DEMO_BPE_TOKENIZER, REPO_ROOT, TINY, metrics, torchrun, train_args
 
@@ -141,6 +142,7 @@ def test_a_tied_head_trains_as_one_weight():
         ("SmolLM2-135M", None),
         ("SmolLM2-360M", None),
         ("SmolLM2-1.7B", None),
+        ("tiny_LLaMA3_2b", 1_965_672_448),  # the README's TinyLlama3 figure
     ],
 )
 def test_named_llama3_generation_shapes_have_transformers_parameter_counts(name, published):
@@ -224,3 +226,73 @@ def test_the_loss_at_llama_3s_vocabulary_holds_chunks_not_the_logits(dtype):
     chunk = kernels.default_chunk_rows(vocabulary) * vocabulary * 4
     logits = rows * vocabulary * 4
     assert peak < 6 * chunk + 2 * vocabulary * width * 4 < logits / 4, (peak, chunk, logits)
+
+
+def test_forty_adamw_steps_from_a_converted_checkpoint_give_transformers_losses(tmp_path):
+    """Continued pretraining as a user runs it: a Llama-3-style HF model (tied, llama3 rope scaling, blocks of
+    128 tokens past its original 64) converted, then 40 steps of pretrain/tinyllama.py with
+    --initial_checkpoint; transformers' model trained by a plain loop with the same AdamW, schedule, clipping
+    and batches gives the same losses (1e-4). The data is one shard of 8 blocks and the global batch is 8, so
+    every step sees all of them (in an order that a mean does not see)."""
+    theirs = llama3_directory(tmp_path / "hf")
+    convert_hf(tmp_path / "hf", tmp_path / "lit")
+    config = json.loads((tmp_path / "lit" / "model_config.json").read_text())
+    blocks = np.random.default_rng(0).integers(0, 4096, (8, 129), dtype=np.uint16)
+    (tmp_path / "data").mkdir()
+    write_shard(tmp_path / "data" / "train_x.bin", blocks.reshape(-1))
+    steps, lr, min_lr, warmup = 40, 1e-3, 1e-4, 5
+    options = dict(
+        model_config=json.dumps({**config, "block_size": 128}),
+        initial_checkpoint=tmp_path / "lit",
+        tokenizer_path=tmp_path / "lit",
+        train_data=f"[{{name: x, path: {tmp_path / 'data'}}}]",
+        val_data="null",
+        out_dir=tmp_path / "out",
+        precision="32-true",
+        global_batch_size=8,
+        micro_batch_size=8,
+        max_steps=steps,
+        learning_rate=lr,
+        min_lr=min_lr,
+        warmup_steps=warmup,
+        spike_guard="false",
+        log_interval=1,
+        save_interval=steps,
+    )
+    command = [sys.executable, str(REPO_ROOT / "pretrain" / "tinyllama.py"), "--model_name", "tiny_LLaMA_5M"]
+    command += [item for key, value in options.items() for item in (f"--{key}", str(value))]
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ours = metrics(tmp_path / "out", "train_loss")
+
+    theirs.train()
+    optimizer = torch.optim.AdamW(theirs.parameters(), lr=lr, weight_decay=0.1, betas=(0.9, 0.95))
+    tokens = torch.from_numpy(blocks.astype(np.int64))
+    expected = []
+    for step in range(steps):
+        for group in optimizer.param_groups:
+            group["lr"] = cosine_lr(step, lr, min_lr, warmup, steps)
+        logits = theirs(tokens[:, :-1]).logits
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(theirs.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad()
+        expected.append(loss.item())
+    assert sorted(ours) == list(range(1, steps + 1))
+    assert expected[-1] < expected[0] - 1  # it learns: the comparison is not of 40 equal numbers
+    for step, loss in enumerate(expected, start=1):
+        assert float(ours[step]) == pytest.approx(loss, rel=1e-4), step
+
+
+def test_an_initial_checkpoint_of_another_function_is_refused_naming_the_fields(tmp_path):
+    """Llama 3.2's weights with the run's model left without its rope scaling (or untied) would silently
+    train another model; the context length alone may differ."""
+    llama3_directory(tmp_path / "hf")
+    convert_hf(tmp_path / "hf", tmp_path / "lit")
+    config = read_model_config(tmp_path / "lit")
+    assert initial_weights(tmp_path / "lit", config.replace(block_size=64)).keys() == GPT(config).state_dict().keys()
+    with pytest.raises(InvalidInput, match=r"rope_scaling \{.*\}, not None; tie_embeddings True, not False"):
+        initial_weights(tmp_path / "lit", config.replace(rope_scaling=None, tie_embeddings=False))
+    with pytest.raises(InvalidInput, match="Unknown model config field.s. n_layers; the fields are name, "):
+        Config.from_name("tiny_LLaMA_5M", n_layers=2)

@@ -62,3 +62,25 @@ def test_v1_1_wsd_holds_the_learning_rate_until_the_cooldown():
     assert schedule.decay_start(plan) == cooldown
     assert schedule.at(cooldown - 1, plan) == schedule.at(plan.start_steps[1], plan) == 4e-4
     assert schedule.at(cooldown, plan) < 4e-4 and schedule.at(plan.max_steps - 1, plan) == pytest.approx(4e-5)
+
+
+def test_tinyllama3_is_the_templates_plan():
+    """TinyLlama's README template: 4,096 context, 2M-token batches, cosine 4e-4 with 2,000 warmup steps,
+    natural language : code = 5:4, 16 GPUs; with the Llama 3 tokenizer's vocabulary and a tied head."""
+    hparams, plan = recipe("tiny_llama3.yaml")
+    config = hparams.model()
+    assert (config.block_size, config.padded_vocab_size, config.tie_embeddings) == (4096, 128256, True)
+    assert plan.batch_sizes == [512] and 512 * 4096 == 2_097_152
+    schedule = (hparams.learning_rate, hparams.min_lr, hparams.warmup_steps, hparams.lr_schedule)
+    assert schedule == (4e-4, 4e-5, 2000, "cosine")
+    assert plan.weights(0) == pytest.approx([5 / 9, 4 / 9])
+    assert hparams.devices * hparams.num_nodes == 16 and hparams.tokenizer_path.name == "tokenizer.json"
+
+
+def test_continued_pretraining_starts_from_llama_3_2_1b_with_a_short_warmup():
+    hparams, plan = recipe("llama3.2_1b_continued.yaml")
+    config = hparams.model()
+    assert config.name == "Llama-3.2-1B" and config.rope_scaling and config.block_size == 4096
+    from_scratch, _ = recipe("tiny_llama3.yaml")
+    assert hparams.initial_checkpoint is not None and hparams.learning_rate < from_scratch.learning_rate
+    assert hparams.warmup_steps == round(0.01 * plan.max_steps)
