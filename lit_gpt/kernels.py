@@ -11,9 +11,7 @@ This module is the one place that decides which implementation runs. With the ``
   (``--compile``) fuses. Nothing needs a compiled extension.
 
 The training loss is ``linear_cross_entropy``: the output projection and the cross-entropy chunk by
-chunk, so the logits are never held. Where PyTorch has its own chunked ``F.linear_cross_entropy`` and it
-measured at least as fast as ours (``LIBRARY_LOSS``: fp32 on CPUs, ``scripts/benchmark_train.py
---loss true``), that runs, unless the z-loss is on, which only ours computes.
+chunk, so the logits are never held (ours everywhere: see its docstring for PyTorch's own).
 
 Training with ``--document_mask`` keeps attention inside each document (:func:`document_mask`, built once
 per micro-batch): on CUDA FlexAttention with a block mask, which skips the blocks the mask leaves empty;
@@ -88,10 +86,6 @@ HALF = (torch.float16, torch.bfloat16)
 SDPA_CUDNN_FIRST = "scaled_dot_product_attention (cuDNN first)"
 FLEX_DOCUMENTS = "flex_attention (document block mask)"
 SDPA_DOCUMENTS = "scaled_dot_product_attention (dense document mask)"
-LIBRARY_LOSS_NAME = "torch.nn.functional.linear_cross_entropy (chunked)"
-# (device type, dtype) where PyTorch's chunked loss measured at least as fast as ours, forward + backward
-# (benchmark_train.py --loss true); GPUs join when measured there.
-LIBRARY_LOSS = {("cpu", torch.float32)}
 
 
 def hopper_or_newer(device: torch.device | str) -> bool:
@@ -105,12 +99,11 @@ def implementation(
     device: torch.device | str,
     dtype: torch.dtype = torch.float32,
     masked: bool = False,
-    z_loss: bool = False,
     documents: bool = False,
 ) -> str:
     """Which implementation ``kernel`` runs for tensors of ``dtype`` on ``device``: the decision every kernel
     below takes, and :func:`describe` reports. Attention also depends on whether a mask is given and on
-    ``documents`` (masked at document starts), the loss on whether the z-loss is on."""
+    ``documents`` (masked at document starts)."""
     if _backend == "reference":
         return "reference"
     extension, module, pytorch = KERNELS[kernel]
@@ -121,9 +114,6 @@ def implementation(
         if hopper_or_newer(device):
             return SDPA_CUDNN_FIRST  # faster than FlashAttention-2 there; takes masks and fp32 too
         usable = usable and not masked and dtype in HALF  # FlashAttention-2 takes fp16/bf16, no mask
-    if kernel == "linear_cross_entropy":
-        library = hasattr(F, "linear_cross_entropy") and (torch.device(device).type, dtype) in LIBRARY_LOSS
-        return LIBRARY_LOSS_NAME if library and not z_loss else pytorch
     return extension if usable else pytorch
 
 
@@ -135,15 +125,14 @@ def describe(
     device: torch.device | str,
     dtype: torch.dtype = torch.float32,
     compiled: bool = False,
-    z_loss: bool = False,
     document_mask: bool = False,
 ) -> dict[str, str]:
     """Which implementation each kernel uses for ``dtype`` tensors on ``device``, for the training log;
-    ``compiled`` says whether torch.compile wraps the model (and so fuses the plain PyTorch code), the
-    other flags are the training options that change a choice."""
+    ``compiled`` says whether torch.compile wraps the model (and so fuses the plain PyTorch code);
+    ``document_mask``, the training option that changes the attention's."""
     suffix = " (fused by torch.compile)" if compiled else ""
     names = {
-        kernel: implementation(kernel, device, dtype, z_loss=z_loss, documents=document_mask and kernel == "attention")
+        kernel: implementation(kernel, device, dtype, documents=document_mask and kernel == "attention")
         for kernel in KERNELS
     }
     return {kernel: name + suffix if name == "pytorch" else name for kernel, name in names.items()}
@@ -455,11 +444,22 @@ def _accumulate_product(total: torch.Tensor, a: torch.Tensor, b: torch.Tensor, f
         total.addmm_(a, b)
 
 
-def default_chunk_rows(vocab_size: int) -> int:
-    """Rows per chunk of the loss: about 16M logits (64 MB in fp32), in a multiple of 64 rows. Chunks of
-    half that ran the output projection 10% slower on a CPU (``benchmark_train.py --loss true``); the
-    multiple of 64 suits the matrix multiply's blocking (262 rows measured slower than 256)."""
-    return max(64, (1 << 24) // vocab_size // 64 * 64)
+MIN_CHUNK_ROWS = 256
+MAX_CHUNKS = 16
+
+
+def default_chunk_rows(vocab_size: int, rows: int) -> int:
+    """Rows per chunk of the loss over ``rows`` positions, a multiple of 64 (262 rows measured slower than
+    256: the matrix multiply's blocking): about 16M logits (64 MB in fp32) at a small vocabulary, but at
+    least MIN_CHUNK_ROWS and at most MAX_CHUNKS chunks. Each chunk is one more pass over the fp32 weight
+    gradient (V x d: 1 GB at Llama 3's vocabulary and n_embd 2048), and a short chunk runs its three
+    matrix multiplies less efficiently: at V = 128,256 on a CPU the loss of 512 rows took 5.6-6.1 s in
+    128-row chunks, 5.2 s in 256-row ones (and 5.0 s in one chunk, which would hold the logits); 16,384
+    rows on a GPU in 128 chunks would move about 256 GB through the accumulator for 26 TFLOP of products.
+    The chunk is what the loss holds beyond its gradients: about one fp32 chunk in fp32, three in bf16."""
+    small_vocabulary = (1 << 24) // vocab_size // 64 * 64
+    fewest = -(-rows // MAX_CHUNKS)
+    return -(-max(small_vocabulary, MIN_CHUNK_ROWS, fewest) // 64) * 64
 
 
 def linear_cross_entropy(
@@ -474,17 +474,15 @@ def linear_cross_entropy(
     plus ``z_loss`` times the mean squared logsumexp of the logits.
 
     The training loss of the model: the (B, T, V) logits are never materialised; a chunk holds
-    ``chunk_rows`` positions (default: :func:`default_chunk_rows`), in ours and in PyTorch's alike.
+    ``chunk_rows`` positions (default: :func:`default_chunk_rows`). PyTorch's own chunked
+    ``F.linear_cross_entropy`` ran as fast at 32,000 ids on a CPU (the training step: 2,136-2,146 against
+    ours 2,117-2,144 tokens/s) and slower at 128,256 (its backward zero-fills more: 2.2 s of a tied
+    Llama 3.2 step against 0.9 s), and has no z-loss: ours runs everywhere.
     """
     if _backend == "reference":
         return linear_cross_entropy_reference(x, weight, targets, ignore_index, z_loss)
-    chunk_rows = chunk_rows or default_chunk_rows(weight.shape[0])
-    if implementation("linear_cross_entropy", x.device, x.dtype, z_loss=z_loss > 0) == LIBRARY_LOSS_NAME:
-        options = torch.nn.LinearCrossEntropyOptions(batch_chunk_size=chunk_rows)  # its automatic choice is slower
-        loss = F.linear_cross_entropy(
-            x.reshape(-1, x.shape[-1]), weight, targets.reshape(-1), ignore_index=ignore_index, options=options
-        )
-        return LossTerms(loss.float(), torch.zeros((), device=x.device))
+    rows = x.numel() // x.shape[-1]
+    chunk_rows = chunk_rows or default_chunk_rows(weight.shape[0], rows)
     loss, z_term = _LinearCrossEntropy.apply(
         x.reshape(-1, x.shape[-1]), weight, targets.reshape(-1), ignore_index, chunk_rows, z_loss
     )

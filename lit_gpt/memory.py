@@ -111,9 +111,8 @@ def loss_bytes(config: Config, rows: int, dtype: torch.dtype) -> tuple[int, int]
             return kernels.linear_cross_entropy(hidden, weight, targets)
 
         kept = saved_bytes(forward, [weight, norm_weight])
-    chunk = min(rows, kernels.default_chunk_rows(config.padded_vocab_size)) * config.padded_vocab_size
-    buffers = chunk * (dtype.itemsize + (4 if dtype != torch.float32 else 0))
-    return kept, buffers
+    chunk = min(rows, kernels.default_chunk_rows(config.padded_vocab_size, rows)) * config.padded_vocab_size
+    return kept, chunk * 4 * (1 if dtype == torch.float32 else 3)  # as kernels.default_chunk_rows says
 
 
 def parameter_counts(config: Config) -> tuple[int, int]:

@@ -12,6 +12,8 @@ intermediate 704, vocabulary 32000, sequence 256, micro-batch 8, fp32, 2 threads
     python scripts/benchmark_train.py --model_name tiny_LLaMA_1b --model_config '{}' --seq_len 2048 \
         --precision bf16-true --devices cuda \
         --modes '[eager, compile, compile+selective]'      # a GPU: tokens/s per GPU, MFU, peak memory
+    python scripts/benchmark_train.py --model_name Llama-3.2-1B --model_config '{n_layer: 2}' --seq_len 256 \
+        --micro_batch_size 2 --steps 3 --warmup 1         # Llama 3.2 1B's width and 128k vocabulary, 2 layers
     python scripts/benchmark_train.py --loss true          # the training loss alone: ours vs PyTorch's
     python scripts/benchmark_train.py --document_mask true # ours with and without the document mask
 
@@ -238,8 +240,8 @@ def benchmark_loss(rows: int, n_embd: int, vocab_size: int, dtype: torch.dtype, 
     x = torch.randn(rows, n_embd, device=device, dtype=dtype, requires_grad=True)
     weight = (torch.randn(vocab_size, n_embd, device=device) / n_embd**0.5).to(dtype).requires_grad_()
     targets = torch.randint(0, vocab_size, (rows,), device=device)
-    chunk_rows = kernels.default_chunk_rows(vocab_size)
-    options = torch.nn.LinearCrossEntropyOptions(batch_chunk_size=chunk_rows)  # as lit_gpt.kernels calls it
+    chunk_rows = kernels.default_chunk_rows(vocab_size, rows)
+    options = torch.nn.LinearCrossEntropyOptions(batch_chunk_size=chunk_rows)  # its automatic choice is slower
     candidates = {
         "ours": lambda: kernels._LinearCrossEntropy.apply(x, weight, targets, -100, chunk_rows, 0.0)[0],
         "pytorch": lambda: torch.nn.functional.linear_cross_entropy(x, weight, targets, options=options),
@@ -267,7 +269,7 @@ def benchmark_loss(rows: int, n_embd: int, vocab_size: int, dtype: torch.dtype, 
 def benchmark_train(
     model_name: str = "tiny_LLaMA_1b",
     model_config: dict | None = None,
-    vocab_size: int = 32000,
+    vocab_size: int | None = None,
     seq_len: int = 256,
     micro_batch_size: int = 8,
     precision: str = "32-true",
@@ -287,7 +289,7 @@ def benchmark_train(
     Args:
         model_name: the named config to start from.
         model_config: fields to override; default: the CPU comparison's small shape.
-        vocab_size: vocabulary (32000, Llama 2's).
+        vocab_size: vocabulary; default: the named config's (32,000 for TinyLlama's, 128,256 for Llama 3's).
         seq_len: tokens per sequence.
         micro_batch_size: sequences per step.
         precision: 32-true or bf16-true.
@@ -299,7 +301,7 @@ def benchmark_train(
         worker: internal: "ours:eager" etc. (or "ceiling") runs one measurement and prints it as JSON.
         loss: instead, time the training loss alone (output projection + cross-entropy, forward and
             backward, micro_batch_size x seq_len rows of n_embd): ours against PyTorch's chunked
-            F.linear_cross_entropy, which lit_gpt.kernels uses where it measures at least as fast.
+            F.linear_cross_entropy (lit_gpt.kernels runs ours: see its linear_cross_entropy).
         document_mask: instead of transformers, time our model with the document mask (training's
             --document_mask) against ours without it, on the same batch.
         document_tokens: with document_mask, the mean document length (SlimPajama's is about 1,000).
@@ -309,10 +311,13 @@ def benchmark_train(
     if loss:
         torch.set_num_threads(threads)
         config = Config.from_name(model_name, **(CPU_COMPARISON if model_config is None else model_config))
+        vocab_size = vocab_size or config.padded_vocab_size
         benchmark_loss(micro_batch_size * seq_len, config.n_embd, vocab_size, DTYPES[precision], devices, steps)
         return
     overrides = CPU_COMPARISON if model_config is None else model_config
-    config = Config.from_name(model_name, **{**overrides, "vocab_size": vocab_size, "block_size": max(seq_len, 16)})
+    config = Config.from_name(model_name, **overrides, block_size=max(seq_len, 16))
+    if vocab_size is not None:
+        config = config.replace(vocab_size=vocab_size)
     if worker == "ceiling":
         torch.set_num_threads(threads)
         print(json.dumps(gemm_ceiling(config, micro_batch_size, seq_len, DTYPES[precision], devices)))
@@ -336,8 +341,8 @@ def benchmark_train(
         print(json.dumps(result))
         return
     print(
-        f"{model_name} {json.dumps(overrides)} vocab {vocab_size}, {micro_batch_size} x {seq_len} tokens, "
-        f"{precision}, {devices}, {threads} threads, {steps} timed steps"
+        f"{model_name} {json.dumps(overrides)} vocab {config.padded_vocab_size}, {micro_batch_size} x {seq_len} "
+        f"tokens, {precision}, {devices}, {threads} threads, {steps} timed steps"
     )
     if document_mask:
         attention = kernels.implementation("attention", devices, DTYPES[precision], documents=True)

@@ -9,6 +9,7 @@ run with the same Python version.
     data/sample/SlimPajama-627B/{train,validation}/chunk1/example_{split}_{i}.jsonl.zst
     data/sample/starcoderdata/{python,jupyter-scripts-dedup-filtered,c}/train-{i:05d}-of-{n:05d}.parquet
     data/sample/fineweb-edu/sample/10BT/{i:03d}_00000.parquet       parquet, column text, row groups of 50
+    data/sample/fineweb-edu/data/CC-MAIN-2024-10/000_00000.parquet  (the whole dataset's layout)
     data/sample/proof-pile-2/{arxiv,open-web-math}/{train,validation}/*.jsonl.zst
     data/sample/dclm-baseline-1.0/global-shard_01_of_10/local-shard_0_of_10/*.jsonl.zst
     data/sample/SkyPile-150B/data/*.jsonl                             Chinese, plain JSON lines
@@ -89,13 +90,13 @@ def write_jsonl_zst(path: Path, records: list[dict]) -> None:
 def write_other_layouts(destination: Path, prose: list[str], code: list[str]) -> list[Path]:
     """FineWeb-Edu (parquet), Proof Pile 2 and DCLM (jsonl.zst), SkyPile (jsonl), Dolma (json.gz) and an
     Arrow folder from ``datasets``; returns their folders."""
-    fineweb = destination / "fineweb-edu" / "sample" / "10BT"
-    fineweb.mkdir(parents=True, exist_ok=True)
-    for i in range(2):
-        texts = prose[i::2]
+    fineweb = destination / "fineweb-edu"
+    for i, (folder, texts) in enumerate([("sample/10BT", prose[::2]), ("sample/10BT", prose[1::2]),
+                                         ("data/CC-MAIN-2024-10", prose[::5])]):  # fmt: skip
         table = pa.table({"text": texts, "id": [f"<urn:uuid:{i}-{j}>" for j in range(len(texts))]})
         table = table.append_column("score", pa.array([2.5 + (j % 3) / 2 for j in range(len(texts))]))
-        pq.write_table(table, fineweb / f"{i:03d}_00000.parquet", row_group_size=50)
+        (fineweb / folder).mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, fineweb / folder / f"{i % 2:03d}_00000.parquet", row_group_size=50)
     proof = destination / "proof-pile-2"
     for subset, texts in (("arxiv", prose[::3]), ("open-web-math", prose[1::3])):
         for split, part in (("train", texts[1:]), ("validation", texts[:1])):

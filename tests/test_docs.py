@@ -91,7 +91,7 @@ def recipe_commands() -> list[str]:
     found = []
     for recipe in sorted((REPO_ROOT / "pretrain" / "configs").glob("*.yaml")):
         comments = "\n".join(line[1:].strip() for line in recipe.read_text().splitlines() if line.startswith("#"))
-        found += [line for line in comments.replace("\\\n", " ").splitlines() if line.startswith("python scripts/")]
+        found += [line for line in comments.replace("\\\n", " ").splitlines() if line.startswith("python scripts/prep")]
     return found
 
 

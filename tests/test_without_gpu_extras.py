@@ -1,10 +1,13 @@
 """flash-attn and xformers are optional: absent or broken, nothing may need them."""
 
+import os
 import subprocess
 import sys
 import textwrap
 
 from lit_gpt import kernels
+
+from conftest import REPO_ROOT
 
 PROGRAM = textwrap.dedent(
     """
@@ -38,3 +41,18 @@ def test_a_broken_gpu_extension_counts_as_absent(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     assert kernels._optional_module("broken_gpu_extension") is None
     assert kernels._optional_module("math") is not None
+
+
+def test_the_gpu_check_explains_itself_and_stops_at_once_without_cuda(tmp_path):
+    script = str(REPO_ROOT / "scripts" / "gpu_check.sh")
+    shown = subprocess.run(["bash", script, "--help"], capture_output=True, text=True)
+    assert shown.returncode == 0 and "--only" in shown.stdout and "llama3" in shown.stdout
+    environment = {**os.environ, "OUT": str(tmp_path / "out")}
+    for args, message in [
+        ([], "no usable CUDA device"),
+        (["--only", "kernels,typo"], "unknown step typo"),
+        (["--steps"], "unknown argument --steps"),
+    ]:
+        result = subprocess.run(["bash", script, *args], capture_output=True, text=True, env=environment)
+        assert result.returncode == 2 and result.stderr.count("\n") == 1 and message in result.stderr, result
+    assert not (tmp_path / "out").exists()  # nothing started
