@@ -17,6 +17,7 @@ from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from lit_gpt import GPT, Config, kernels
 from lit_gpt.cli import load_script
+from lit_gpt.config import LLAMA_3_2_SCALING
 from lit_gpt.data.shards import write_shard
 from lit_gpt.errors import InvalidInput
 from lit_gpt.hf import hf_llama_config
@@ -296,3 +297,28 @@ def test_an_initial_checkpoint_of_another_function_is_refused_naming_the_fields(
         initial_weights(tmp_path / "lit", config.replace(rope_scaling=None, tie_embeddings=False))
     with pytest.raises(InvalidInput, match="Unknown model config field.s. n_layers; the fields are name, "):
         Config.from_name("tiny_LLaMA_5M", n_layers=2)
+
+
+def test_a_converted_llama_3_2_checkpoint_starts_the_continued_pretraining_recipe(tmp_path):
+    """llama3.2_1b_continued.yaml names Llama-3.2-1B at block_size 4096: a checkpoint converted from a
+    config.json as Meta publishes it (rope scaling, rms_norm_eps 1e-5, tied, 131,072 positions; the shape
+    made small) passes --initial_checkpoint's check against that named config at the same small shape."""
+    shape = dict(n_layer=1, n_embd=64, n_head=4, n_query_groups=2, intermediate_size=128)
+    published = LlamaConfig(
+        vocab_size=128256,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=131072,
+        rms_norm_eps=1e-5,
+        rope_theta=500000.0,
+        rope_scaling=dict(LLAMA_3_2_SCALING),
+        tie_word_embeddings=True,
+    )
+    LlamaForCausalLM(published).save_pretrained(tmp_path / "hf")
+    convert_hf(tmp_path / "hf", tmp_path / "lit")
+    config = Config.from_name("Llama-3.2-1B", **shape, block_size=4096)
+    weights = initial_weights(tmp_path / "lit", config)
+    assert set(weights) == set(GPT(config).state_dict()) and "lm_head.weight" not in weights
