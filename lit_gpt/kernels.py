@@ -11,7 +11,9 @@ This module is the one place that decides which implementation runs. With the ``
   (``--compile``) fuses. Nothing needs a compiled extension.
 
 The training loss is ``linear_cross_entropy``: the output projection and the cross-entropy chunk by
-chunk, so the logits are never held (ours everywhere: see its docstring for PyTorch's own).
+chunk, so the logits are never held. Where PyTorch has its own chunked ``F.linear_cross_entropy`` and it
+measured at least as fast as ours (``LIBRARY_LOSS``: fp32 on CPUs, ``scripts/benchmark_train.py
+--loss true``), that runs, unless the z-loss is on, which only ours computes.
 
 Training with ``--document_mask`` keeps attention inside each document (:func:`document_mask`, built once
 per micro-batch): on CUDA FlexAttention with a block mask, which skips the blocks the mask leaves empty;
@@ -86,6 +88,10 @@ HALF = (torch.float16, torch.bfloat16)
 SDPA_CUDNN_FIRST = "scaled_dot_product_attention (cuDNN first)"
 FLEX_DOCUMENTS = "flex_attention (document block mask)"
 SDPA_DOCUMENTS = "scaled_dot_product_attention (dense document mask)"
+LIBRARY_LOSS_NAME = "torch.nn.functional.linear_cross_entropy (chunked)"
+# (device type, dtype) where PyTorch's chunked loss measured at least as fast as ours, forward + backward
+# (benchmark_train.py --loss true); GPUs join when measured there.
+LIBRARY_LOSS = {("cpu", torch.float32)}
 
 
 def hopper_or_newer(device: torch.device | str) -> bool:
@@ -99,11 +105,12 @@ def implementation(
     device: torch.device | str,
     dtype: torch.dtype = torch.float32,
     masked: bool = False,
+    z_loss: bool = False,
     documents: bool = False,
 ) -> str:
     """Which implementation ``kernel`` runs for tensors of ``dtype`` on ``device``: the decision every kernel
     below takes, and :func:`describe` reports. Attention also depends on whether a mask is given and on
-    ``documents`` (masked at document starts)."""
+    ``documents`` (masked at document starts), the loss on whether the z-loss is on."""
     if _backend == "reference":
         return "reference"
     extension, module, pytorch = KERNELS[kernel]
@@ -114,6 +121,9 @@ def implementation(
         if hopper_or_newer(device):
             return SDPA_CUDNN_FIRST  # faster than FlashAttention-2 there; takes masks and fp32 too
         usable = usable and not masked and dtype in HALF  # FlashAttention-2 takes fp16/bf16, no mask
+    if kernel == "linear_cross_entropy":
+        library = hasattr(F, "linear_cross_entropy") and (torch.device(device).type, dtype) in LIBRARY_LOSS
+        return LIBRARY_LOSS_NAME if library and not z_loss else pytorch
     return extension if usable else pytorch
 
 
@@ -125,14 +135,15 @@ def describe(
     device: torch.device | str,
     dtype: torch.dtype = torch.float32,
     compiled: bool = False,
+    z_loss: bool = False,
     document_mask: bool = False,
 ) -> dict[str, str]:
     """Which implementation each kernel uses for ``dtype`` tensors on ``device``, for the training log;
-    ``compiled`` says whether torch.compile wraps the model (and so fuses the plain PyTorch code);
-    ``document_mask``, the training option that changes the attention's."""
+    ``compiled`` says whether torch.compile wraps the model (and so fuses the plain PyTorch code), the
+    other flags are the training options that change a choice."""
     suffix = " (fused by torch.compile)" if compiled else ""
     names = {
-        kernel: implementation(kernel, device, dtype, documents=document_mask and kernel == "attention")
+        kernel: implementation(kernel, device, dtype, z_loss=z_loss, documents=document_mask and kernel == "attention")
         for kernel in KERNELS
     }
     return {kernel: name + suffix if name == "pytorch" else name for kernel, name in names.items()}
@@ -474,15 +485,17 @@ def linear_cross_entropy(
     plus ``z_loss`` times the mean squared logsumexp of the logits.
 
     The training loss of the model: the (B, T, V) logits are never materialised; a chunk holds
-    ``chunk_rows`` positions (default: :func:`default_chunk_rows`). PyTorch's own chunked
-    ``F.linear_cross_entropy`` ran as fast at 32,000 ids on a CPU (the training step: 2,136-2,146 against
-    ours 2,117-2,144 tokens/s) and slower at 128,256 (its backward zero-fills more: 2.2 s of a tied
-    Llama 3.2 step against 0.9 s), and has no z-loss: ours runs everywhere.
+    ``chunk_rows`` positions (default: :func:`default_chunk_rows`), in ours and in PyTorch's alike.
     """
     if _backend == "reference":
         return linear_cross_entropy_reference(x, weight, targets, ignore_index, z_loss)
-    rows = x.numel() // x.shape[-1]
-    chunk_rows = chunk_rows or default_chunk_rows(weight.shape[0], rows)
+    chunk_rows = chunk_rows or default_chunk_rows(weight.shape[0], x.numel() // x.shape[-1])
+    if implementation("linear_cross_entropy", x.device, x.dtype, z_loss=z_loss > 0) == LIBRARY_LOSS_NAME:
+        options = torch.nn.LinearCrossEntropyOptions(batch_chunk_size=chunk_rows)  # its automatic choice is slower
+        loss = F.linear_cross_entropy(
+            x.reshape(-1, x.shape[-1]), weight, targets.reshape(-1), ignore_index=ignore_index, options=options
+        )
+        return LossTerms(loss.float(), torch.zeros((), device=x.device))
     loss, z_term = _LinearCrossEntropy.apply(
         x.reshape(-1, x.shape[-1]), weight, targets.reshape(-1), ignore_index, chunk_rows, z_loss
     )

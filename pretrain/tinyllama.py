@@ -137,7 +137,7 @@ def main(fabric: L.Fabric, run: RunConfig, stop: StopRequest) -> None:
         run.out_dir.mkdir(parents=True, exist_ok=True)
         say(fabric, f"Model {config.name}: {config.to_dict()}")
         compute_dtype = torch.float32 if run.precision == "32-true" else torch.bfloat16
-        chosen = kernels.describe(fabric.device, compute_dtype, run.compile, run.document_mask)
+        chosen = kernels.describe(fabric.device, compute_dtype, run.compile, run.z_loss > 0, run.document_mask)
         say(fabric, f"Kernels: {chosen}; precision {run.precision}")
         say(
             fabric,

@@ -137,8 +137,13 @@ def test_cross_entropy_reference_is_mean_negative_log_likelihood():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("chunk_rows", [5, None])
 @pytest.mark.parametrize("z_loss", [0.0, 1e-2])
-def test_linear_cross_entropy_fused_equals_reference(device, dtype, chunk_rows, z_loss):
-    """Ours against the loss on full logits."""
+@pytest.mark.parametrize("library", [False, True], ids=["ours", "pytorch-if-no-z-loss"])
+def test_linear_cross_entropy_fused_equals_reference(monkeypatch, device, dtype, chunk_rows, z_loss, library):
+    """Ours, and PyTorch's F.linear_cross_entropy where it is chosen (without the z-loss, which only ours
+    computes), against the loss on full logits."""
+    monkeypatch.setattr(kernels, "LIBRARY_LOSS", {(device, dtype)} if library else set())
+    chosen = kernels.implementation("linear_cross_entropy", device, dtype, z_loss=z_loss > 0)
+    assert (chosen == kernels.LIBRARY_LOSS_NAME) == (library and not z_loss)
     x = torch.randn(2, 13, 32, device=device, dtype=dtype)
     weight = (torch.randn(300, 32, device=device) / 4).to(dtype)
     targets = torch.randint(0, 300, (2, 13), device=device)
@@ -216,7 +221,8 @@ PYTORCH_PATHS = {
 
 def test_describe_names_the_cpu_paths():
     assert kernels.describe("cpu", torch.bfloat16) == PYTORCH_PATHS
-    assert kernels.describe("cpu") == PYTORCH_PATHS
+    assert kernels.describe("cpu") == PYTORCH_PATHS | {"linear_cross_entropy": kernels.LIBRARY_LOSS_NAME}
+    assert kernels.describe("cpu", z_loss=True) == PYTORCH_PATHS  # only ours computes the z-loss
     compiled = kernels.describe("cpu", compiled=True)
     assert compiled["apply_rotary"] == compiled["swiglu"] == "pytorch (fused by torch.compile)"
     with kernels.use_backend("reference"):
@@ -244,20 +250,31 @@ def test_describe_follows_the_extensions_that_import_and_the_card(monkeypatch, i
     assert kernels.describe("cpu", torch.bfloat16) == PYTORCH_PATHS  # extensions are for CUDA only
 
 
+def test_without_pytorchs_chunked_loss_ours_runs(monkeypatch):
+    monkeypatch.delattr(torch.nn.functional, "linear_cross_entropy")
+    assert kernels.describe("cpu")["linear_cross_entropy"] == OURS
+    x, weight, targets = torch.randn(6, 8), torch.randn(50, 8), torch.randint(0, 50, (6,))
+    torch.testing.assert_close(
+        kernels.linear_cross_entropy(x, weight, targets).loss, kernels.cross_entropy_reference(x @ weight.T, targets)
+    )
+
+
 def test_the_kernels_run_what_describe_names(monkeypatch):
     ran = []
     for name in ("scaled_dot_product_attention", "rms_norm", "linear_cross_entropy"):
-        original = getattr(torch.nn.functional, name, None)  # the loss: PyTorch's own must not run
-        recorded = lambda *a, _o=original, _n=name, **k: ran.append(_n) or _o(*a, **k)  # noqa: E731
-        monkeypatch.setattr(torch.nn.functional, name, recorded, raising=False)
+        original = getattr(torch.nn.functional, name)
+        monkeypatch.setattr(
+            torch.nn.functional, name, lambda *a, _o=original, _n=name, **k: ran.append(_n) or _o(*a, **k)
+        )
     q = torch.randn(1, 4, 2, 8)
     kernels.attention(q, q, q)
     kernels.rms_norm(q, torch.ones(8), 1e-5)
     kernels.linear_cross_entropy(q.reshape(-1, 8), torch.randn(20, 8), torch.randint(0, 20, (8,)))
+    kernels.linear_cross_entropy(q.reshape(-1, 8), torch.randn(20, 8), torch.randint(0, 20, (8,)), z_loss=1e-4)
     described = kernels.describe("cpu")
-    assert ran == ["scaled_dot_product_attention", "rms_norm"]
+    assert ran == ["scaled_dot_product_attention", "rms_norm", "linear_cross_entropy"]  # the z-loss: ours
     assert (described["attention"], described["rms_norm"], described["linear_cross_entropy"]) == (
         "scaled_dot_product_attention",
         "torch.nn.functional.rms_norm",
-        OURS,
+        kernels.LIBRARY_LOSS_NAME,
     )
