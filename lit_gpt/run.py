@@ -18,7 +18,7 @@ import torch
 from lit_gpt.config import Config
 from lit_gpt.data.index import TokenizerRecord
 from lit_gpt.data.loader import BlockLoader, ShardedBlocks, SourceListing, create_loader, read_listing
-from lit_gpt.errors import InvalidInput
+from lit_gpt.errors import InvalidInput, MissingInput
 from lit_gpt.model import Checkpointing
 from lit_gpt.schedule import DecayShape, LearningRate, Stage, StagePlan
 from lit_gpt.spikes import SpikeGuard
@@ -212,6 +212,8 @@ class RunConfig:
         """A recipe file (and command-line style ``overrides``) read as ``pretrain/tinyllama.py`` reads it."""
         from lit_gpt.cli import parse_dataclass
 
+        if not Path(path).is_file():
+            raise MissingInput(f"{path}: no such recipe file (pretrain/configs/ holds the shipped ones)")
         return parse_dataclass(cls, ["--config", str(path), *overrides])
 
     def model(self) -> Config:

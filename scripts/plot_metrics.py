@@ -20,9 +20,9 @@ def plot_metrics(metrics_path: Path, output: Path | None = None) -> Path:
         metrics_path: the run's metrics.csv.
         output: the PNG to write; default: loss.png beside the CSV.
     """
+    figure = loss_figure(metrics_path)  # imports matplotlib first
     import matplotlib.pyplot as plt
 
-    figure = loss_figure(metrics_path)
     output = output or metrics_path.with_name("loss.png")
     figure.savefig(output, dpi=100)
     plt.close(figure)
@@ -33,8 +33,10 @@ def plot_metrics(metrics_path: Path, output: Path | None = None) -> Path:
 def loss_figure(metrics_path: Path) -> Figure:
     """The losses (left axis) and the learning rate (right axis) against tokens, 8 x 4.5 inches, with the
     legend below the axes, where it hides no curve."""
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ImportError:
+        raise MissingInput("Plotting needs matplotlib: pip install matplotlib (or pip install -e '.[demo]')") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

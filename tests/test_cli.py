@@ -1,11 +1,16 @@
 """Expected errors reach the person as one line on stderr and exit status 2, without a traceback."""
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 import zstandard
+
+from lit_gpt.cli import parse_dataclass
+from lit_gpt.errors import InvalidInput
+from lit_gpt.run import RunConfig
 
 from conftest import DEMO_TOKENIZER, REPO_ROOT, assert_refused, free_port, load_script
 
@@ -143,3 +148,72 @@ def test_help_opens_with_whole_sentences_and_readable_types(script):
     description = result.stdout.split("\n\n")[1]
     assert description.rstrip().endswith((".", ")", ":")), description
     assert "<class" not in result.stdout and "type:" in result.stdout, result.stdout
+
+
+@pytest.mark.parametrize("unbuffered", ["1", ""], ids=["unbuffered", "block-buffered"])
+def test_output_cut_short_by_its_reader_ends_quietly(unbuffered):
+    """``... | head -1`` once head has gone: the reader's end is closed before the command prints; it stops
+    with status 141 and no BrokenPipeError traceback, whether its output is buffered or not."""
+    recipe = "pretrain/configs/cpu_demo.yaml"
+    script = [sys.executable, str(REPO_ROOT / "scripts" / "plan_memory.py"), "--recipe", recipe]
+    environment = {**os.environ, "PYTHONUNBUFFERED": unbuffered}
+    process = subprocess.Popen(
+        script, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment
+    )
+    process.stdout.close()
+    stderr = process.stderr.read()
+    assert process.wait() == 141 and stderr == "", stderr
+
+
+@pytest.mark.parametrize("template", ["pretrain.sbatch", "prepare.sbatch"])
+def test_a_slurm_job_without_the_projects_environment_stops_in_one_line(tmp_path, template):
+    """sbatch from a shell where another environment is active: the job's python cannot import lit_gpt
+    (here a stand-in that fails every import); the template says so and stops before srun or python run."""
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "python").write_text("#!/bin/sh\nexit 1\n")
+    (tmp_path / "bin" / "python").chmod(0o755)
+    environment = {**os.environ, "PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin"}
+    environment |= {"SOURCE": "s", "DEST": "d", "TOKENIZER": "t"}  # prepare.sbatch's settings
+    result = subprocess.run(
+        ["bash", str(REPO_ROOT / "scripts" / "slurm" / template)], capture_output=True, text=True, env=environment
+    )
+    assert_refused(result, f"{tmp_path / 'bin' / 'python'} cannot import lit_gpt", "pip install -e .")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--micro_batch_size", "abc"], "--micro_batch_size expects int, not 'abc'"),
+        (["--activation_checkpointing", "true"], "--activation_checkpointing expects one of none, full, selective"),
+        (["--precision", "16"], "--precision expects one of bf16-mixed, bf16-true, 32-true or null, not '16'"),
+        (["--val_data", "[{name: a}]"], "--val_data expects Path or list[DataSource] or null (missing: path)"),
+        (["--config", "missing.yaml"], "missing.yaml: no such file"),
+        (["--eval_iters", "4"], "--eval_iters was replaced by --eval_blocks"),
+        ("micro_bach_size: 4", "recipe.yaml: unknown key micro_bach_size; did you mean micro_batch_size"),
+        ("eval_iters: 4", "recipe.yaml: eval_iters was replaced by eval_blocks"),
+    ],
+)
+def test_a_value_the_settings_cannot_use_is_one_line_naming_the_option(tmp_path, monkeypatch, args, message):
+    """Types as written (int, not <class 'int'>), a choice's choices, the recipe file and its closest keys,
+    a renamed option's replacement: instead of jsonargparse's usage text and several-line report."""
+    monkeypatch.chdir(tmp_path)
+    if isinstance(args, str):  # a recipe's content
+        (tmp_path / "recipe.yaml").write_text(args + "\n")
+        args = ["--config", "recipe.yaml"]
+    with pytest.raises(InvalidInput) as refused:
+        parse_dataclass(RunConfig, args)
+    assert message in str(refused.value) and "\n" not in str(refused.value) and "<class" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "script, args, message",
+    [
+        ("pretrain/tinyllama.py", ["--activation_checkpointing", "true"], "expects one of none, full, selective"),
+        ("scripts/plan_memory.py", ["--recipe", "pretrain/configs/cpu_demo.yaml", "--capacity_gib", "x"], "float"),
+        ("scripts/show_batch.py", ["--recipe", "nope.yaml"], "nope.yaml: no such recipe file"),
+    ],
+)
+def test_commands_report_unusable_values_in_one_line_with_status_2(script, args, message):
+    result = subprocess.run([sys.executable, script, *args], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert_refused(result, message)
+    assert len(result.stderr.splitlines()) == 1, result.stderr

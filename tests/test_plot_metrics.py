@@ -64,3 +64,15 @@ def test_a_missing_log_is_one_line(tmp_path):
         text=True,
     )
     assert_refused(result, f"No metrics file at {tmp_path / 'nope.csv'}")
+
+
+def test_without_matplotlib_it_says_what_to_install(tmp_path):
+    write_metrics(tmp_path / "metrics.csv")
+    program = (
+        "import runpy, sys; sys.modules['matplotlib'] = None; "  # makes "import matplotlib" raise ImportError
+        f"sys.argv = ['plot_metrics.py', '--metrics_path', {str(tmp_path / 'metrics.csv')!r}]; "
+        f"runpy.run_path({str(REPO_ROOT / 'scripts' / 'plot_metrics.py')!r}, run_name='__main__')"
+    )
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True)
+    assert_refused(result, "needs matplotlib", "pip install")
+    assert not (tmp_path / "loss.png").exists()
