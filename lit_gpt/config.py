@@ -220,16 +220,7 @@ NAMED_CONFIGS |= {
 }
 # TinyLlama3, the plan of TinyLlama's README template (about 2B parameters, 4,096 context, Llama 3's
 # tokenizer, tied embeddings): Llama 3.2 1B's block (n_embd 2048, 32 heads of 64, 8 query groups,
-# SwiGLU 8192) at 28 layers instead of 16 -- 1,965,672,448 parameters, 14.6 GFLOPs per trained token.
+# SwiGLU 8192) at 28 layers instead of 16, no rope scaling at 4,096 positions -- 1,965,672,448 parameters,
+# 14.6 GFLOPs per trained token.
 # The README's TinyLlama3 section gives the reasons and scripts/plan_memory.py its memory per GPU.
-NAMED_CONFIGS["tiny_LLaMA3_2b"] = dict(
-    block_size=4096,
-    vocab_size=128256,
-    n_layer=28,
-    n_head=32,
-    n_embd=2048,
-    n_query_groups=8,
-    intermediate_size=8192,
-    rope_base=500000.0,
-    tie_embeddings=True,
-)
+NAMED_CONFIGS["tiny_LLaMA3_2b"] = NAMED_CONFIGS["Llama-3.2-1B"] | dict(block_size=4096, n_layer=28, rope_scaling=None)

@@ -460,14 +460,11 @@ MAX_CHUNKS = 16
 
 
 def default_chunk_rows(vocab_size: int, rows: int) -> int:
-    """Rows per chunk of the loss over ``rows`` positions, a multiple of 64 (262 rows measured slower than
-    256: the matrix multiply's blocking): about 16M logits (64 MB in fp32) at a small vocabulary, but at
-    least MIN_CHUNK_ROWS and at most MAX_CHUNKS chunks. Each chunk is one more pass over the fp32 weight
-    gradient (V x d: 1 GB at Llama 3's vocabulary and n_embd 2048), and a short chunk runs its three
-    matrix multiplies less efficiently: at V = 128,256 on a CPU the loss of 512 rows took 5.6-6.1 s in
-    128-row chunks, 5.2 s in 256-row ones (and 5.0 s in one chunk, which would hold the logits); 16,384
-    rows on a GPU in 128 chunks would move about 256 GB through the accumulator for 26 TFLOP of products.
-    The chunk is what the loss holds beyond its gradients: about one fp32 chunk in fp32, three in bf16."""
+    """Rows per chunk of the loss over ``rows`` positions, a multiple of 64 (262 rows ran slower than 256):
+    about 16M logits (64 MB in fp32), but at least MIN_CHUNK_ROWS and at most MAX_CHUNKS chunks. Each chunk
+    is a pass over the fp32 weight gradient (1 GB at V = 128,256, d = 2048) and short chunks multiply less
+    efficiently: at V = 128,256 on a CPU, 512 rows took 5.6-6.1 s in 128-row chunks, 5.2 s in 256-row
+    ones. The loss holds about one fp32 chunk beyond its gradients in fp32, three in bf16."""
     small_vocabulary = (1 << 24) // vocab_size // 64 * 64
     fewest = -(-rows // MAX_CHUNKS)
     return -(-max(small_vocabulary, MIN_CHUNK_ROWS, fewest) // 64) * 64
