@@ -283,7 +283,7 @@ def test_token_ids_outside_the_vocabulary_are_refused_naming_the_shard(tmp_path)
 def test_a_stale_index_or_a_changed_shard_is_refused(tmp_path):
     make_dataset(tmp_path / "data", [3, 3])
     (tmp_path / "data" / "train_test_0_0000000001.bin").unlink()
-    with pytest.raises(ValueError, match="the index lists 1 shard.* not there .*train_test_0_0000000001.bin"):
+    with pytest.raises(ValueError, match="1 shard.* listed in index.json are not there .*train_test_0_0000000001.bin"):
         ShardedBlocks(tmp_path / "data", BLOCK_SIZE)
     write_shard(tmp_path / "data" / "train_test_0_0000000001.bin", np.arange(16, dtype=np.int32))
     loader = create_loader([tmp_path / "data"], BLOCK_SIZE, 6)
@@ -418,3 +418,28 @@ def test_index_files_that_disagree_only_among_the_ones_naming_a_boundary_are_ref
         Index(ShardTable([f"{name}.bin"], one, ["uint16"], one, one), "f" * 64, boundary).write(tmp_path / name)
     with pytest.raises(InvalidInput, match="index files of two tokenizers, b.index.json .* and c.index.json"):
         read_directory_index(tmp_path, ["a.index.json", "b.index.json", "c.index.json"])
+
+
+def test_reindexing_replaces_the_preparation_indexes_and_reports_what_changed(tmp_path):
+    """A removed shard stops being listed anywhere; a replaced one is indexed as it is now and named;
+    the entries of shards outside --prefix are carried over unchanged."""
+    directory = tmp_path / "data"
+    make_dataset(directory, [2, 2, 2])
+    (directory / "index.json").rename(directory / "train_test_0.index.json")  # what preparation names it
+    write_shard(tmp_path / "validation_test_0_0000000000.bin", np.arange(16, dtype=np.int32))
+    index_directory(tmp_path, prefix="validation_")  # a second preparation job's index, of another prefix
+    (tmp_path / "validation_test_0_0000000000.bin").rename(directory / "validation_test_0_0000000000.bin")
+    (tmp_path / "index.json").rename(directory / "validation_test_0.index.json")
+    (directory / "train_test_0_0000000002.bin").unlink()
+    with pytest.raises(InvalidInput, match="1 shard\\(s\\) listed in train_test_0.index.json are not there"):
+        ShardedBlocks(directory, BLOCK_SIZE, prefix="train_")
+    write_shard(directory / "train_test_0_0000000001.bin", np.arange(100, 116, dtype=np.int32))  # replaced
+    done = index_directory(directory, prefix="train_")
+    assert done.missing == ["train_test_0_0000000002.bin"] and done.changed == ["train_test_0_0000000001.bin"]
+    assert done.replaced == ["train_test_0.index.json", "validation_test_0.index.json"]
+    assert sorted(p.name for p in directory.glob("*.json")) == ["index.json"]
+    assert done.index.shards.names == sorted(p.name for p in directory.glob("*.bin"))
+    assert done.index.shards.checksums[-1] >= 0  # the validation shard's entry, carried over
+    train = ShardedBlocks(directory, BLOCK_SIZE, prefix="train_")
+    assert train.num_blocks == 4 and list(train.max_ids) == [15, 115]
+    assert ShardedBlocks(directory, BLOCK_SIZE, prefix="validation_").num_blocks == 2

@@ -452,6 +452,33 @@ def test_resuming_on_changed_data_is_refused_unless_allowed(data, tmp_path):
     assert "resuming anyway" in result.stdout and sorted(metrics(out, "train_loss")) == [1, 2, 3, 4]
 
 
+def test_a_shard_removed_on_purpose_is_re_indexed_and_the_run_resumes_when_allowed(data, tmp_path):
+    """The journey from a removed shard: the refusal names the preparation index that lists it and the
+    command; that command replaces the index; the resume then names the change; allowed, it resumes."""
+    out, source = tmp_path / "out", data / "a"
+    (source / "index.json").rename(source / "train_a_0.index.json")  # the name preparation gives it
+    run(train_args(data, out, "--max_steps", "2", "--save_interval", "2"))
+    (source / "train_a_0_0000000002.bin").unlink()
+    result = run(train_args(data, out, "--max_steps", "4"), check=False)
+    assert_refused(result)
+    assert "1 shard(s) listed in train_a_0.index.json are not there (e.g. train_a_0_0000000002.bin)" in result.stderr
+    command = result.stderr.split("the directory (this replaces its index files): ")[1].strip().split()
+    assert command[:2] == ["python", "scripts/index_shards.py"]
+    reindexed = subprocess.run(
+        [sys.executable, str(REPO_ROOT / command[1]), *command[2:]], capture_output=True, text=True
+    )
+    assert reindexed.returncode == 0, reindexed.stderr
+    assert (
+        "1 shard(s) listed before are not there" in reindexed.stdout and "Replaced 1 index file(s)" in reindexed.stdout
+    )
+    assert sorted(p.name for p in source.glob("*.json")) == ["index.json"]
+    result = run(train_args(data, out, "--max_steps", "4"), check=False)
+    assert_refused(result)
+    assert "1 shard(s) removed (e.g. train_a_0_0000000002.bin)" in result.stderr  # the tokenizer record was kept
+    result = run(train_args(data, out, "--max_steps", "4", "--allow_data_change", "true"))
+    assert sorted(metrics(out, "train_loss")) == [1, 2, 3, 4]
+
+
 def test_a_run_directory_belongs_to_one_run(data, tmp_path):
     out = tmp_path / "out"
     run(train_args(data, out, "--max_steps", "4", "--save_interval", "2"))

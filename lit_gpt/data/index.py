@@ -19,7 +19,8 @@ document) with the boundary unknown.
 
 Preparation writes ``{split}_{source}_{machine}.index.json`` for the shards its job wrote (several
 machines fill one directory without sharing a file); ``scripts/index_shards.py`` writes ``index.json``
-for shards made elsewhere. A directory's index is the union of its index files.
+for shards made elsewhere, or after shards were removed or replaced on purpose, and then it replaces the
+directory's other index files. A directory's index is the union of its index files.
 
 The fingerprint of a data source -- the digest of its shard names and token counts -- goes into every
 checkpoint, so that a resume on other data is noticed; the names and counts themselves go once per run
@@ -193,13 +194,33 @@ def scan_shard(path: Path) -> tuple[int, str, int, int]:
     return len(tokens), str(tokens.dtype), int(tokens.max()) if len(tokens) else -1, checksum(tokens)
 
 
+@dataclass
+class Reindexing:
+    """What :func:`index_directory` wrote and what it found against the index files it replaced."""
+
+    path: Path
+    index: Index
+    replaced: list[str]  # the other index files of the directory, removed: index.json now holds their entries
+    missing: list[str]  # shards they listed that are no longer there (left out)
+    changed: list[str]  # shards whose content differs from the checksum they recorded (indexed as they are)
+
+
 def index_directory(
     directory: Path, prefix: str = "", tokenizer_path: Path | None = None, num_workers: int = 1
-) -> tuple[Path, Index]:
-    """Read every shard of ``directory`` (with ``prefix``) once and write ``index.json`` for them."""
-    names = shard_names(os.listdir(directory), prefix)
+) -> Reindexing:
+    """Read every shard of ``directory`` (with ``prefix``) once and write ``index.json`` for them.
+
+    ``index.json`` becomes the directory's one index: the entries of its other index files (preparation's
+    ``*.index.json``) for present shards outside ``prefix`` are carried over, their tokenizer record too,
+    and the files are removed, so that a shard removed on purpose stops being listed anywhere. Every
+    rescanned shard is compared with the checksum they recorded, and the differences are reported.
+    """
+    listing = os.listdir(directory)
+    names = shard_names(listing, prefix)
     if not names:
         raise MissingInput(f"{directory} holds no{' ' + prefix + '*' if prefix else ''} .bin shards to index")
+    old_files = sorted((n for n in listing if is_index_file(n)), key=lambda name: (name != INDEX_NAME, name))
+    old = {name: Index.read(directory / name) for name in old_files}
     paths = [directory / name for name in names]
     with multiprocessing.get_context("spawn").Pool(num_workers) if num_workers > 1 else nullcontext() as pool:
         scanned = pool.imap(scan_shard, paths, chunksize=16) if pool else map(scan_shard, paths)
@@ -211,11 +232,47 @@ def index_directory(
         np.array([stat[2] for stat in stats], dtype=np.int64),
         np.array([stat[3] for stat in stats], dtype=np.int64),
     )
-    tokenizer = Tokenizer(tokenizer_path) if tokenizer_path else None
-    index = Index(table, tokenizer.sha256, tokenizer.boundary.to_dict()) if tokenizer else Index(table)
+    recorded = {name: index.tokenizer for name, index in old.items() if index.tokenizer_sha256 is not None}
+    tokenizer = _one_tokenizer(directory, recorded)
+    if tokenizer_path:
+        given = Tokenizer(tokenizer_path)
+        tokenizer = TokenizerRecord(given.sha256, given.boundary.to_dict())
+        for name, record in recorded.items():
+            if not record.agrees_with(tokenizer):
+                raise InvalidInput(
+                    f"{directory / name} records another tokenizer ({record}) than --tokenizer_path {tokenizer_path} "
+                    f"({tokenizer}): give the tokenizer that made the shards, or remove {name} if they were remade"
+                )
+    first_record: dict[str, tuple[ShardTable, int]] = {}  # index.json's entry first, as the loader reads them
+    for index in old.values():
+        for i, name in enumerate(index.shards.names):
+            first_record.setdefault(name, (index.shards, i))
+    changed = [
+        name
+        for name, value in zip(names, table.checksums.tolist(), strict=True)
+        if name in first_record and 0 <= int(first_record[name][0].checksums[first_record[name][1]]) != value
+    ]
+    present = set(shard_names(listing))
+    carried = [name for name in sorted(first_record) if name in present and not name.startswith(prefix)]
+    if carried:
+        table = ShardTable.concatenate(
+            [table, *(first_record[name][0].take([first_record[name][1]]) for name in carried)]
+        )
+        table = table.take(np.argsort(np.array(table.names), kind="stable"))
+    index = Index(table, tokenizer.sha256, tokenizer.boundary) if tokenizer else Index(table)
     path = directory / INDEX_NAME
     index.write(path)
-    return path, index
+    replaced = [name for name in old_files if name != INDEX_NAME]
+    for name in replaced:
+        (directory / name).unlink()
+    missing = sorted(name for name in first_record if name not in present)
+    return Reindexing(path, index, replaced, missing, changed)
+
+
+def index_files_listing(directory: Path, shard: str) -> list[str]:
+    """The index files of ``directory`` that list ``shard`` (for a message: each file is read again)."""
+    files = sorted(name for name in os.listdir(directory) if is_index_file(name))
+    return [name for name in files if shard in Index.read(directory / name).shards.names]
 
 
 def header_table(directory: Path, names: Sequence[str]) -> ShardTable:
@@ -228,6 +285,20 @@ def header_table(directory: Path, names: Sequence[str]) -> ShardTable:
         np.full(len(names), -1, dtype=np.int64),
         np.full(len(names), -1, dtype=np.int64),
     )
+
+
+def _one_tokenizer(directory: Path, tokenizers: dict[str, TokenizerRecord]) -> TokenizerRecord | None:
+    """The tokenizer that the index files (by name) record, refused naming two files that disagree."""
+    # Against the first record that names a boundary (else the first): all agree with it iff all agree.
+    named = [item for item in tokenizers.items() if item[1].boundary is not None] or list(tokenizers.items())
+    first, record = named[0] if named else (None, None)
+    other = next((name for name, recorded in tokenizers.items() if not recorded.agrees_with(record)), None)
+    if other is not None:
+        raise InvalidInput(
+            f"{directory}: index files of two tokenizers, {first} ({record}) and {other} ({tokenizers[other]}); "
+            "a dataset directory holds shards of one tokenizer"
+        )
+    return record
 
 
 def read_directory_index(
@@ -247,15 +318,7 @@ def read_directory_index(
             tables.append(shards)
             if index.tokenizer_sha256 is not None:
                 tokenizers[name] = index.tokenizer
-    # Against the first record that names a boundary (else the first): all agree with it iff all agree.
-    named = [item for item in tokenizers.items() if item[1].boundary is not None] or list(tokenizers.items())
-    first, record = named[0] if named else (None, None)
-    other = next((name for name, recorded in tokenizers.items() if not recorded.agrees_with(record)), None)
-    if other is not None:
-        raise InvalidInput(
-            f"{directory}: index files of two tokenizers, {first} ({record}) and {other} ({tokenizers[other]}); "
-            "a dataset directory holds shards of one tokenizer"
-        )
+    _one_tokenizer(directory, tokenizers)
     table = tables[0] if len(tables) == 1 else ShardTable.concatenate(tables)
     if len(set(table.names)) == len(table.names):
         return table, tokenizers

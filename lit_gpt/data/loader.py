@@ -33,6 +33,7 @@ from lit_gpt.data.index import (
     ShardTable,
     TokenizerRecord,
     header_table,
+    index_files_listing,
     is_index_file,
     read_directory_index,
     shard_names,
@@ -74,8 +75,9 @@ def read_listing(directory: Path, prefix: str = "") -> SourceListing:
     stale = sorted(set(indexed.names).difference(shards))
     if stale:
         raise InvalidInput(
-            f"{directory}: the index lists {len(stale):,} shard(s) that are not there (e.g. {stale[0]}); "
-            f"rebuild it with: python scripts/index_shards.py --directory {directory}"
+            f"{directory}: {len(stale):,} shard(s) listed in {', '.join(index_files_listing(directory, stale[0]))} "
+            f"are not there (e.g. {stale[0]}). Restore them, or if they were removed on purpose, re-index "
+            f"the directory (this replaces its index files): python scripts/index_shards.py --directory {directory}"
         )
     rows = {name: i for i, name in enumerate(indexed.names)}
     unindexed = [name for name in shards if name not in rows]
