@@ -147,6 +147,9 @@ class RunConfig:
             index and the checkpoint from a busy filesystem, compiling), before the job stops.
         collective_timeout: seconds a collective may wait after the first step; a rank that stops or
             hangs makes the others exit with status 3 after this long, naming the step.
+        dry_run: print the plan of the run (settings, stages with their steps, tokens, batch split and
+            mixture, learning-rate landmarks, epochs of each source, validation and checkpoint cadence,
+            checkpoint disk) and stop: no process group, nothing written.
     """
 
     model_name: str = "tiny_LLaMA_1b"
@@ -206,6 +209,7 @@ class RunConfig:
     max_restarts_without_progress: int = 3
     startup_timeout: float = 600.0
     collective_timeout: float = 300.0
+    dry_run: bool = False
 
     @classmethod
     def from_recipe(cls, path: Path, *overrides: str) -> RunConfig:

@@ -37,6 +37,7 @@ from lit_gpt.checkpoint import (
 from lit_gpt.cli import global_rank
 from lit_gpt.cli import run as run_command
 from lit_gpt.data.loader import BlockLoader
+from lit_gpt.dry_run import plan_lines
 from lit_gpt.errors import InvalidInput, MissingInput
 from lit_gpt.launch import Strategy, check_launch, devices_per_node, launched_world_size
 from lit_gpt.monitor import MetricLogger, SourceTokens, Throughput, create_loggers, format_eta
@@ -65,6 +66,10 @@ def setup(run: RunConfig) -> None:
     stop = StopRequest()
     stop.install(EARLY)  # SLURM's USR1 during the start-up stops the run after its first step (lit_gpt.preemption)
     run = replace(run, precision=run.resolved_precision(), devices=devices_per_node(run.devices))
+    if run.dry_run:
+        if global_rank() == 0:
+            print("\n".join(plan_lines(run, launched_world_size(run.devices, run.num_nodes))))
+        return
     check_launch(run.devices, run.num_nodes)
     check_inputs(run)
     check_writable(run.out_dir)
