@@ -11,6 +11,7 @@ since it is a bug. Warnings (a shard tail that fills no block, shards without an
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import importlib.util
@@ -20,7 +21,7 @@ import signal
 import sys
 import warnings
 from argparse import Action, ArgumentError
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any, TypeVar
@@ -36,7 +37,7 @@ def run(component: Callable[..., Any], then: Callable[[Any], Any] | None = None)
     """Call ``component`` with the command line's options: a typed function, or a dataclass whose
     instance is then handed to ``then``. Warnings print as one line each, without a line of source."""
     warnings.formatwarning = lambda message, category, *_: f"warning: {message}\n"
-    try:
+    with reported_errors():
         if dataclasses.is_dataclass(component):
             then(parse_dataclass(component))
         else:
@@ -48,6 +49,20 @@ def run(component: Callable[..., Any], then: Callable[[Any], Any] | None = None)
             except ArgumentError as error:
                 raise readable_error(error, parser, sys.argv[1:]) from None
         sys.stdout.flush()  # block-buffered output (a pipe) meets a closed reader here, not at exit
+
+
+def check_command_line(cls: type) -> None:
+    """Answer ``--help`` and refuse a mistaken option or recipe for ``cls`` before a script's heavy imports
+    (torch and Lightning take seconds): the script calls this first and parses for real afterwards."""
+    with reported_errors():
+        parse_dataclass(cls)
+
+
+@contextlib.contextmanager
+def reported_errors() -> Iterator[None]:
+    """A user's mistake as one line and status 2, Ctrl-C as status 130, a closed reader as status 141."""
+    try:
+        yield
     except UserError as error:
         # Leaving anyway: a launcher's SIGTERM (torchrun ends the other workers when the first exits) must
         # not turn this rank's status 2 into a kill on its way out.

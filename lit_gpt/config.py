@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any
+from typing import Any, Literal
 
 from lit_gpt.errors import InvalidInput
+
+# Activation checkpointing, a setting of the run that reads without torch: none, every block, every other block.
+Checkpointing = Literal["none", "full", "selective"]
 
 
 @dataclass

@@ -22,6 +22,7 @@ from lit_gpt.schedule import StagePlan
 
 STATE_ELEMENTS = 3  # a checkpoint holds each parameter and AdamW's two moments
 ELEMENT_BYTES = {"bf16-true": 2, "bf16-mixed": 4, "32-true": 4}
+YAML_LAYOUT = dict(sort_keys=False, default_flow_style=None, width=120)  # a stage or a source on one line
 
 
 def changed_settings(run: RunConfig) -> dict:
@@ -69,7 +70,7 @@ def plan_lines(run: RunConfig, world_size: int) -> list[str]:
     lines = [
         "Dry run: the plan of this command; nothing is started or written (without --dry_run it trains).",
         "Settings that differ from the defaults (every other one has its default: --help):",
-        *("  " + line for line in yaml.safe_dump(changed_settings(run), sort_keys=False, default_flow_style=None, width=120).splitlines()),
+        *("  " + line for line in yaml.safe_dump(changed_settings(run), **YAML_LAYOUT).splitlines()),
         f"Model {config.name}: {parameters:,} parameters, {config.n_layer} layers, context {config.block_size}, "
         f"vocabulary {config.vocab_size}; {flops_per_token(config) / 1e9:.2f} GFLOPs per trained token, "
         f"{flops_per_token(config) * plan.max_tokens:.3g} FLOPs in all",

@@ -32,8 +32,8 @@ from dataclasses import dataclass
 import torch
 
 from lit_gpt import kernels
-from lit_gpt.config import Config
-from lit_gpt.model import GPT, Block, Checkpointing
+from lit_gpt.config import Checkpointing, Config
+from lit_gpt.model import GPT, Block
 
 RESERVE = 6 * 2**30  # CUDA context (~0.5 GiB), NCCL buffers and allocator fragmentation on an 80 GB card
 STATE_BYTES = {"bf16-mixed": 4 + 4 + 8, "bf16-true": 2 + 2 + 4, "32-true": 4 + 4 + 8}  # weight, grad, AdamW

@@ -15,20 +15,18 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
 from lit_gpt import kernels
-from lit_gpt.config import Config
+from lit_gpt.config import Checkpointing, Config
 from lit_gpt.errors import InvalidInput, TensorMismatch
 
 if TYPE_CHECKING:
     from lit_gpt.tokenizer import Boundary
-
-Checkpointing = Literal["none", "full", "selective"]
 
 
 class GPT(nn.Module):

@@ -3,7 +3,9 @@
 ``pretrain/tinyllama.py`` builds it once from the command line or a recipe (``--config``, YAML in
 ``pretrain/configs``) and hands it to the pieces; ``scripts/show_batch.py`` reads a recipe the same
 way. What follows from the settings alone -- the model config, the stage plan with its batch sizes
-checked, the data sources and loaders -- is derived here, so that every reader derives it alike.
+checked -- is derived here, so that every reader derives it alike; the loaders it asks for are made by
+``lit_gpt.data.run_loaders``. It imports no torch, so that ``--help`` and a mistaken option are answered
+before the training script loads torch and Lightning.
 """
 
 from __future__ import annotations
@@ -13,13 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
-
-from lit_gpt.config import Config
-from lit_gpt.data.index import TokenizerRecord
-from lit_gpt.data.loader import BlockLoader, ShardedBlocks, SourceListing, create_loader, read_listing
+from lit_gpt.config import Checkpointing, Config
 from lit_gpt.errors import InvalidInput, MissingInput
-from lit_gpt.model import Checkpointing
 from lit_gpt.schedule import DecayShape, LearningRate, Stage, StagePlan
 from lit_gpt.spikes import SpikeGuard
 from lit_gpt.tokenizer import Boundary, load_tokenizer
@@ -254,6 +251,8 @@ class RunConfig:
 
     def resolved_precision(self) -> Precision:
         """The precision asked for, or the best the machine has: bf16-mixed on GPUs that support it."""
+        import torch
+
         bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
         return self.precision or ("bf16-mixed" if bf16 else "32-true")
 
@@ -280,47 +279,6 @@ class RunConfig:
                 )
         return plan
 
-    def listings(self) -> dict[tuple[Path, str], SourceListing]:
-        """What start-up reads about every training and validation source (directory and prefix): done
-        once per job, by rank 0, and handed to the loaders of every rank."""
-        sources = {(source.path, source.prefix) for source in [*self.train_data, *self.validation_sets()]}
-        return {(path, prefix): read_listing(path, prefix) for path, prefix in sorted(sources)}
-
-    def data_source(
-        self, config: Config, source: DataSource, listings: dict[tuple[Path, str], SourceListing] | None = None
-    ) -> ShardedBlocks:
-        """The blocks of ``source``, from its listing in ``listings`` if there, else read here."""
-        listing = (listings or {}).get((source.path, source.prefix))
-        return ShardedBlocks(
-            source.path,
-            config.block_size,
-            self.seed,
-            prefix=source.prefix,
-            vocab_size=config.vocab_size,
-            listing=listing,
-        )
-
-    def training_loader(
-        self,
-        config: Config,
-        plan: StagePlan,
-        rank: int,
-        world_size: int,
-        listings: dict[tuple[Path, str], SourceListing] | None = None,
-    ) -> BlockLoader:
-        """Rank ``rank``'s loader over the training sources, with the plan's batch sizes and mixtures."""
-        return create_loader(
-            [self.data_source(config, source, listings) for source in self.train_data],
-            config.block_size,
-            self.micro_batch_size,
-            global_batch_size=plan.global_batch_size,
-            weights=plan.mixture,
-            seed=self.seed,
-            rank=rank,
-            world_size=world_size,
-            num_workers=self.num_workers,
-        )
-
     def validation_sets(self) -> list[DataSource]:
         """The validation directories with their names and weights (one named "validation" for a path)."""
         if self.val_data is None:
@@ -331,45 +289,3 @@ class RunConfig:
         if len(set(names)) != len(names) or not names:
             raise InvalidInput(f"--val_data needs distinct names, one per directory; got {names}")
         return list(self.val_data)
-
-    def validation_loaders(
-        self,
-        config: Config,
-        rank: int,
-        world_size: int,
-        listings: dict[tuple[Path, str], SourceListing] | None = None,
-    ) -> dict[str, BlockLoader]:
-        """Per validation set, one pass over it split across ranks."""
-        return {
-            source.name: create_loader(
-                [self.data_source(config, source, listings)],
-                config.block_size,
-                self.micro_batch_size,
-                seed=self.seed,
-                rank=rank,
-                world_size=world_size,
-                epochs=1,
-                positions=self.eval_blocks,
-            )
-            for source in self.validation_sets()
-        }
-
-    def check_tokenizer(self, config: Config, sources: list[ShardedBlocks]) -> None:
-        """The tokenizer fits the model, and the shards (where their index says) were made with it and
-        carry its document boundary."""
-        if self.tokenizer_path is None:
-            return
-        tokenizer = load_tokenizer(self.tokenizer_path)
-        if tokenizer.vocab_size > config.vocab_size:
-            raise InvalidInput(
-                f"Tokenizer {tokenizer.path} has {tokenizer.vocab_size} tokens but model {self.model_name} only "
-                f"{config.vocab_size}; set --model_config.vocab_size or use another tokenizer"
-            )
-        ours = TokenizerRecord(tokenizer.sha256, tokenizer.boundary.to_dict())
-        for source in sources:
-            for index_file, recorded in source.tokenizers.items():
-                if not recorded.agrees_with(ours):
-                    raise InvalidInput(
-                        f"{source.directory / index_file} records shards made with another tokenizer ({recorded}) "
-                        f"than {tokenizer.path} ({ours}); pass the tokenizer the shards were made with"
-                    )

@@ -12,6 +12,12 @@ scheduled learning rate), then logging, validation, benchmarks and checkpoints a
 
 from __future__ import annotations
 
+from lit_gpt.cli import check_command_line
+from lit_gpt.run import RunConfig
+
+if __name__ == "__main__":  # --help and mistaken options answered in a second, before the imports below load
+    check_command_line(RunConfig)  # torch and Lightning (seconds; a minute on a busy node)
+
 import logging
 import math
 import os
@@ -37,6 +43,7 @@ from lit_gpt.checkpoint import (
 from lit_gpt.cli import global_rank
 from lit_gpt.cli import run as run_command
 from lit_gpt.data.loader import BlockLoader
+from lit_gpt.data.run_loaders import check_tokenizer, read_listings, training_loader, validation_loaders
 from lit_gpt.dry_run import plan_lines
 from lit_gpt.errors import InvalidInput, MissingInput
 from lit_gpt.launch import Strategy, check_launch, devices_per_node, launched_world_size
@@ -44,7 +51,6 @@ from lit_gpt.monitor import MetricLogger, SourceTokens, Throughput, create_logge
 from lit_gpt.preemption import EARLY, StopRequest, exit_status, requeue, slurm_job
 from lit_gpt.rank_failures import CheckedBatches, quiet_when_another_rank_fails
 from lit_gpt.rank_zero import computed_on_rank_0, say
-from lit_gpt.run import RunConfig
 from lit_gpt.run_dir import claim_out_dir, release_locks
 from lit_gpt.schedule import StagePlan
 from lit_gpt.spikes import SpikeGuard
@@ -124,11 +130,11 @@ def main(fabric: L.Fabric, run: RunConfig, stop: StopRequest) -> None:
     config = run.model()
     world, rank = fabric.world_size, fabric.global_rank
     plan = run.stage_plan(config, world)
-    listings = computed_on_rank_0(fabric, run.listings)  # the directories and indexes: read once per job
-    train_loader = run.training_loader(config, plan, rank, world, listings)
-    val_loaders = run.validation_loaders(config, rank, world, listings)
+    listings = computed_on_rank_0(fabric, lambda: read_listings(run))  # the directories and indexes: read once per job
+    train_loader = training_loader(run, config, plan, rank, world, listings)
+    val_loaders = validation_loaders(run, config, rank, world, listings)
     val_sources = [source for loader in val_loaders.values() for source in loader.dataset.sources]
-    run.check_tokenizer(config, train_loader.dataset.sources + val_sources)
+    check_tokenizer(run, config, train_loader.dataset.sources + val_sources)
     benchmarks = task_evaluator(run, config)
     if run.z_loss < 0:
         raise InvalidInput(f"--z_loss must not be negative, not {run.z_loss}")

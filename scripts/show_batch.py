@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from lit_gpt import Tokenizer
 from lit_gpt.cli import run
+from lit_gpt.data.run_loaders import training_loader
 from lit_gpt.errors import InvalidInput
 from lit_gpt.run import RunConfig
 
@@ -42,7 +43,7 @@ def show_batch(
     if not 0 <= step < plan.max_steps:
         raise InvalidInput(f"--step must be in [0, {plan.max_steps}) for this recipe, got {step}")
 
-    dataset = settings.training_loader(config, plan, 0, world_size).dataset
+    dataset = training_loader(settings, config, plan, 0, world_size).dataset
     position = plan.positions_before(step)
     with tqdm(total=position, unit="position", desc="counting earlier draws", disable=position < 10**7) as bar:
         state = dataset.state_at(step, position, bar.update)

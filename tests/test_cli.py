@@ -217,3 +217,23 @@ def test_commands_report_unusable_values_in_one_line_with_status_2(script, args,
     result = subprocess.run([sys.executable, script, *args], cwd=REPO_ROOT, capture_output=True, text=True)
     assert_refused(result, message)
     assert len(result.stderr.splitlines()) == 1, result.stderr
+
+
+@pytest.mark.parametrize(
+    "args, status",
+    [
+        (["--help"], 0),
+        (["--micro_bach_size", "4"], 2),
+        (["--activation_checkpointing", "true"], 2),
+        (["--config", "pretrain/configs/nothing.yaml"], 2),
+    ],
+)
+def test_training_answers_help_and_option_mistakes_before_importing_torch(args, status):
+    """What the training script imports before it answers: neither torch nor Lightning (seconds each);
+    the time itself is scripts/benchmark_cli.py's."""
+    script = str(REPO_ROOT / "pretrain" / "tinyllama.py")
+    result = subprocess.run([sys.executable, "-X", "importtime", script, *args], capture_output=True, text=True)
+    assert result.returncode == status, result.stderr[-2000:]
+    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+    assert "jsonargparse" in imported and "lit_gpt.run" in imported  # the log is the one looked for
+    assert not {"torch", "lightning"} & imported, sorted({"torch", "lightning"} & imported)

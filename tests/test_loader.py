@@ -10,6 +10,7 @@ import torch
 from lit_gpt.data import integrity
 from lit_gpt.data.index import Fingerprint, index_directory
 from lit_gpt.data.loader import ShardedBlocks, create_loader
+from lit_gpt.data.run_loaders import check_tokenizer
 from lit_gpt.data.shards import write_shard
 from lit_gpt.errors import InvalidInput
 
@@ -402,9 +403,9 @@ def test_a_version_2_index_from_before_boundaries_were_recorded_still_trains(tmp
     (record,) = source.tokenizers.values()
     assert record.boundary is None and source.num_blocks == 4
     config = Config.from_name("tiny_LLaMA_5M")
-    RunConfig(tokenizer_path=DEMO_TOKENIZER).check_tokenizer(config, [source])
+    check_tokenizer(RunConfig(tokenizer_path=DEMO_TOKENIZER), config, [source])
     with pytest.raises(InvalidInput, match="records shards made with another tokenizer"):
-        RunConfig(tokenizer_path=DEMO_BPE_TOKENIZER).check_tokenizer(config, [source])
+        check_tokenizer(RunConfig(tokenizer_path=DEMO_BPE_TOKENIZER), config, [source])
 
 
 def test_index_files_that_disagree_only_among_the_ones_naming_a_boundary_are_refused(tmp_path):

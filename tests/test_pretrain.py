@@ -19,6 +19,7 @@ import torch
 from lit_gpt import GPT, Config, kernels
 from lit_gpt.data.index import index_directory
 from lit_gpt.data.loader import create_loader
+from lit_gpt.data.run_loaders import check_tokenizer
 from lit_gpt.data.shards import read_shard, write_shard
 from lit_gpt.run import DataSource, RunConfig
 from lit_gpt.schedule import Stage
@@ -262,7 +263,7 @@ def test_startup_checks():
     with pytest.raises(ValueError, match="exactly one of --max_tokens and --max_steps"):
         hparams.stage_plan(config, world_size=1)
     with pytest.raises(ValueError, match="has 4096 tokens but model tiny_LLaMA_5M only 1000"):
-        hparams.check_tokenizer(config.replace(vocab_size=1000), [])
+        check_tokenizer(hparams, config.replace(vocab_size=1000), [])
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from lit_gpt.data.index import index_directory
+from lit_gpt.data.run_loaders import training_loader
 from lit_gpt.data.shards import write_shard
 from lit_gpt.run import DataSource, RunConfig
 from lit_gpt.schedule import Stage
@@ -77,7 +78,7 @@ def blocks_of_step(directory: Path, step: int) -> set[int]:
         val_data=None,
     )
     config = run.model()
-    batches = iter(run.training_loader(config, run.stage_plan(config, 1), rank=0, world_size=1))
+    batches = iter(training_loader(run, config, run.stage_plan(config, 1), rank=0, world_size=1))
     micro_batches = [next(batches) for _ in range(step * 4)][-4:]
     return {int(row[0]) for batch in micro_batches for row in batch}
 
