@@ -22,13 +22,29 @@ from lit_gpt.schedule import StagePlan
 
 STATE_ELEMENTS = 3  # a checkpoint holds each parameter and AdamW's two moments
 ELEMENT_BYTES = {"bf16-true": 2, "bf16-mixed": 4, "32-true": 4}
-YAML_LAYOUT = dict(sort_keys=False, default_flow_style=None, width=120)  # a stage or a source on one line
 
 
 def changed_settings(run: RunConfig) -> dict:
     """The settings that differ from RunConfig's defaults, as JSON values (a recipe that reproduces the run)."""
     defaults = RunConfig().to_dict()
     return {name: value for name, value in run.to_dict().items() if value != defaults[name] and name != "dry_run"}
+
+
+def recipe_lines(key: str, value: object) -> list[str]:
+    """One setting as recipe YAML, each item of a list (a stage, a data source) on a line of its own,
+    without the fields it leaves unset (null, empty, false)."""
+
+    def flow(item: object) -> str:
+        if isinstance(item, dict):
+            item = {
+                name: field for name, field in item.items() if field is not None and field is not False and field != ""
+            }
+        text = yaml.safe_dump(item, default_flow_style=True, sort_keys=False, width=float("inf"))
+        return text.strip().removesuffix("\n...")
+
+    if isinstance(value, list) and value:
+        return [f"{key}:", *(f"- {flow(item)}" for item in value)]
+    return [f"{key}: {flow(value)}"]
 
 
 def planned_tokens(plan: StagePlan, samples: int = 1000) -> np.ndarray:
@@ -70,7 +86,7 @@ def plan_lines(run: RunConfig, world_size: int) -> list[str]:
     lines = [
         "Dry run: the plan of this command; nothing is started or written (without --dry_run it trains).",
         "Settings that differ from the defaults (every other one has its default: --help):",
-        *("  " + line for line in yaml.safe_dump(changed_settings(run), **YAML_LAYOUT).splitlines()),
+        *("  " + line for key, value in changed_settings(run).items() for line in recipe_lines(key, value)),
         f"Model {config.name}: {parameters:,} parameters, {config.n_layer} layers, context {config.block_size}, "
         f"vocabulary {config.vocab_size}; {flops_per_token(config) / 1e9:.2f} GFLOPs per trained token, "
         f"{flops_per_token(config) * plan.max_tokens:.3g} FLOPs in all",
