@@ -82,6 +82,9 @@ def remove_run(out_dir: Path) -> list[str]:
 def check_writable(out_dir: Path) -> None:
     """Refuse an ``out_dir`` that cannot be written (read-only, no permission) at start-up, before a
     checkpoint is loaded and long before the first one is saved."""
+    taken = next((path for path in (out_dir, *out_dir.parents) if path.exists()), None)
+    if taken is not None and not taken.is_dir():
+        raise InvalidInput(f"--out_dir {out_dir}: {taken} is a file, not a folder; choose another --out_dir")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=out_dir):

@@ -15,11 +15,13 @@ Only this module (and what calls it) imports ``lm_eval``.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import math
 from pathlib import Path
 from typing import Any
 
+import datasets
 import torch
 import torch.distributed as dist
 from lm_eval import utils as lm_eval_utils
@@ -33,9 +35,13 @@ from lit_gpt.generation import generate
 from lit_gpt.hub import hub_errors
 from lit_gpt.tokenizer import Tokenizer
 
-# The harness warns, per metric of a task file that names no aggregation, that it takes the default
-# (mean): eight lines before every table of the paper's tasks, about the task files, with nothing to do.
-logging.getLogger("lm_eval.api.task").addFilter(lambda record: "but aggregation is not" not in record.getMessage())
+# The harness warns, per metric of a task file that names no aggregation or no higher_is_better, that it
+# takes the default (mean; higher for accuracies, lower for perplexities): a dozen lines before every table
+# of the paper's tasks, about the task files, with nothing to do.
+logging.getLogger("lm_eval.api.task").addFilter(lambda record: "is defined, but" not in record.getMessage())
+# `datasets` draws a bar per task and split while it builds the split from files already on disk: noise
+# before the table (downloads, which are worth watching, have the hub library's own bars).
+datasets.disable_progress_bars()
 
 Request = tuple[tuple[str, str], list[int], list[int]]  # (texts, context tokens, continuation tokens)
 
@@ -178,9 +184,11 @@ def task_manager(names: list[str], include_path: Path | None) -> TaskManager:
     manager = TaskManager(include_path=str(include_path) if include_path else None, verbosity="ERROR")
     unknown = [name for name in names if name not in manager.all_tasks]
     if unknown:
+        close = {name: difflib.get_close_matches(name, manager.all_tasks, n=3, cutoff=0.75) for name in unknown}
+        hints = "; ".join(f"{name}: did you mean {' or '.join(found)}?" for name, found in close.items() if found)
         raise InvalidInput(
-            f"Unknown task(s) {', '.join(unknown)}: `lm-eval ls tasks` lists the harness's tasks; give tasks of "
-            "your own with an include path"
+            f"Unknown task(s) {', '.join(unknown)}{' (' + hints + ')' if hints else ''}: `lm-eval ls tasks` lists "
+            "the harness's tasks; give tasks of your own with an include path"
         )
     return manager
 

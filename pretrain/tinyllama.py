@@ -153,7 +153,9 @@ def main(fabric: L.Fabric, run: RunConfig, stop: StopRequest) -> None:
         say(
             fabric,
             f"Data: {dict(zip(names, plan.weights(0), strict=True))}; {plan.max_steps:,} steps, "
-            f"{plan.max_tokens:,} tokens over {len(plan.stages)} stage(s)",
+            f"{plan.max_tokens:,} tokens over {len(plan.stages)} stage(s); "
+            f"{sum(source.unused_tokens for source in train_loader.dataset.sources):,} tokens at shard ends fill "
+            "no block (not read)",
         )
         if (warning := run.learning_rates().warmup_warning(plan)) is not None:
             say(fabric, f"warning: {warning}")

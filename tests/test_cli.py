@@ -237,3 +237,12 @@ def test_training_answers_help_and_option_mistakes_before_importing_torch(args, 
     imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
     assert "jsonargparse" in imported and "lit_gpt.run" in imported  # the log is the one looked for
     assert not {"torch", "lightning"} & imported, sorted({"torch", "lightning"} & imported)
+
+
+def test_an_out_dir_inside_a_file_is_named_as_such(data, tmp_path):
+    (tmp_path / "notes").write_text("not a folder")
+    for out_dir in (tmp_path / "notes", tmp_path / "notes" / "run"):
+        args = ["--model_name", "tiny_LLaMA_5M", "--tokenizer_path", str(DEMO_TOKENIZER), "--out_dir", str(out_dir)]
+        args += ["--train_data", f"[{{name: a, path: {data / 'a'}}}]", "--val_data", str(data / "val")]
+        result = command("pretrain/tinyllama.py", *args, "--max_steps", "1", "--micro_batch_size", "2")
+        assert_refused(result, f"--out_dir {out_dir}: {tmp_path / 'notes'} is a file, not a folder")

@@ -189,7 +189,9 @@ def test_benchmarks_during_training_match_one_process_and_the_script(data, tmp_p
         result = run_script(
             [sys.executable], "scripts/evaluate.py", *args, "--limit", "10", "--output_path", str(output)
         )
-        assert "aggregation is not" not in result.stdout + result.stderr  # the harness's notice, filtered
+        printed = result.stdout + result.stderr  # the harness's notices and the split-building bars, silenced
+        assert "aggregation is not" not in printed and "higher_is_better is not" not in printed
+        assert "Generating test split" not in printed
         result = json.loads(output.read_text())["sample_choice"]
         assert (str(result["acc,none"]), str(result["acc_norm,none"])) == scores["two"][4], directory
 
@@ -200,6 +202,10 @@ def test_bad_evaluation_input_is_one_clear_message(model_dirs, data, tmp_path):
         (
             ["--checkpoint_dir", str(lit), "--tasks", "[no_such_task]", "--include_path", str(tasks)],
             "Unknown task(s) no_such_task",
+        ),
+        (
+            ["--checkpoint_dir", str(lit), "--tasks", "[sample_choise]", "--include_path", str(tasks)],
+            "Unknown task(s) sample_choise (sample_choise: did you mean sample_choice?)",
         ),
         (
             ["--checkpoint_dir", str(lit), "--tasks", "[sample_choice]", "--include_path", str(tmp_path / "nope")],

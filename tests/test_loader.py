@@ -355,10 +355,12 @@ def test_shards_of_a_non_integer_dtype_are_refused(tmp_path):
         ShardedBlocks(tmp_path / "floats", BLOCK_SIZE)
 
 
-def test_unreadable_tail_tokens_are_reported(tmp_path):
+def test_unreadable_tail_tokens_are_reported(tmp_path, recwarn):
     make_dataset(tmp_path / "data", [3], tail=5)
     with pytest.warns(UserWarning, match="5 tokens at shard ends do not fill a block of 8 tokens"):
         ShardedBlocks(tmp_path / "data", BLOCK_SIZE)
+    make_dataset(tmp_path / "large", [100, 99], tail=5)  # a job's last shard: under 1%, counted, not warned
+    assert ShardedBlocks(tmp_path / "large", BLOCK_SIZE).unused_tokens == 5 and not recwarn.list
 
 
 def test_bad_weights_and_batch_sizes_are_refused(two_sources):

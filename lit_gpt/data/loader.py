@@ -46,6 +46,10 @@ from lit_gpt.errors import InvalidInput, MissingInput, UserError
 Weights = Sequence[float] | Callable[[np.ndarray], np.ndarray]
 BatchSchedule = int | Callable[[int], int]
 DRAWS_PER_CHUNK = 4096
+# Tokens at shard ends that fill no block are not read. Each job's last, shorter shard leaves some (a tiny
+# share, which training's start-up line counts); from this share on it is worth a warning at every start
+# (a chunk size that blocks do not divide, another block size than the shards were cut for).
+UNUSED_WARNING = 0.01
 
 
 @dataclass
@@ -141,8 +145,9 @@ class ShardedBlocks:
         self.num_blocks = int(self.blocks_per_shard.sum())
         if self.num_blocks == 0:
             raise InvalidInput(f"No shard in {self.directory} holds a whole block of {self.block_tokens} tokens")
-        unused = int((self.counts % self.block_tokens).sum())
-        if unused:
+        self.unused_tokens = int((self.counts % self.block_tokens).sum())
+        unused = self.unused_tokens
+        if unused >= UNUSED_WARNING * self.counts.sum():
             warnings.warn(
                 f"{self.directory}: {unused:,} tokens at shard ends do not fill a block of {self.block_tokens} "
                 f"tokens and are not read ({unused / self.counts.sum():.4%} of the data)",
