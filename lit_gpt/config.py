@@ -225,5 +225,5 @@ NAMED_CONFIGS |= {
 # tokenizer, tied embeddings): Llama 3.2 1B's block (n_embd 2048, 32 heads of 64, 8 query groups,
 # SwiGLU 8192) at 28 layers instead of 16, no rope scaling at 4,096 positions -- 1,965,672,448 parameters,
 # 14.6 GFLOPs per trained token.
-# The README's TinyLlama3 section gives the reasons and scripts/plan_memory.py its memory per GPU.
+# REFERENCE.md's TinyLlama3 section gives the reasons and scripts/plan_memory.py its memory per GPU.
 NAMED_CONFIGS["tiny_LLaMA3_2b"] = NAMED_CONFIGS["Llama-3.2-1B"] | dict(block_size=4096, n_layer=28, rope_scaling=None)

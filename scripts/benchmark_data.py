@@ -76,7 +76,7 @@ def benchmark_data(
     """Print the figures and their ratios to the targets.
 
     Args:
-        tokenizer_path: the tokenizer to tokenize with (the figures in the README use the demo
+        tokenizer_path: the tokenizer to tokenize with (the figures in BENCHMARKS.md use the demo
             tokenizer; scripts/benchmark_tokenization.py compares the backends and datatrove).
         megabytes: text to tokenize; the issue asks for at least 50.
         shards_per_source: sparse shards of the two sources for the start-up figure (e).

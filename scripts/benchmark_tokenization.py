@@ -199,7 +199,7 @@ def benchmark_tokenization(
     """Print the figures and their ratios.
 
     Args:
-        tokenizer_path: the tokenizer (tokenizer.json or tokenizer.model); the README's figures use the
+        tokenizer_path: the tokenizer (tokenizer.json or tokenizer.model); BENCHMARKS.md's figures use the
             demo's byte-level BPE and its SentencePiece twin.
         megabytes: text to tokenize.
         cores: processes or threads each run gets; default: all.

@@ -117,3 +117,19 @@ def test_pretrain_md_and_recipe_prepare_commands_run_on_the_sample_layouts(tmp_p
         options = dict(zip(words[2::2], words[3::2], strict=True))
         destination = options.get("--destination_path") or f"data/{options['--source']}/train"
         assert list((tmp_path / destination).glob("*.bin")), f"{command} made no shards in {destination}"
+
+
+# The sections whose bash blocks the tests above run, per file; every other block says why it is not run.
+RUN_SECTIONS = {"README.md": {"Data", "Training"}, "PRETRAIN.md": {"Any other corpus"}}
+
+
+def test_every_command_block_runs_in_a_test_or_says_why_not():
+    for name in ("README.md", "PRETRAIN.md", "REFERENCE.md", "BENCHMARKS.md"):
+        markdown = (REPO_ROOT / name).read_text()
+        for block in re.finditer(r"(?P<before>[^\n]*)\n```bash\n", markdown):
+            headings = re.findall(r"^#{2,3} (.+)$", markdown[: block.start()], re.MULTILINE)
+            where = f"{name}, {headings[-1] if headings else 'top'}"
+            if block["before"].startswith("<!-- docs test"):
+                assert block["before"].startswith(NOT_RUN) and block["before"].endswith(") -->"), where
+            else:
+                assert headings and headings[-1] in RUN_SECTIONS.get(name, set()), f"{where}: not run, nor says why"

@@ -143,7 +143,7 @@ def test_a_tied_head_trains_as_one_weight():
         ("SmolLM2-135M", None),
         ("SmolLM2-360M", None),
         ("SmolLM2-1.7B", None),
-        ("tiny_LLaMA3_2b", 1_965_672_448),  # the README's TinyLlama3 figure
+        ("tiny_LLaMA3_2b", 1_965_672_448),  # REFERENCE.md's TinyLlama3 figure
     ],
 )
 def test_named_llama3_generation_shapes_have_transformers_parameter_counts(name, published):

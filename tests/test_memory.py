@@ -55,7 +55,7 @@ def test_the_plan_matches_a_measured_training_step(mode):
 
 
 def test_the_tinyllama3_recipe_fits_an_80_gb_card_as_the_readme_says():
-    """The README's TinyLlama3 figures: parameters and the peak per A100-80G of pretrain/configs/tiny_llama3.yaml."""
+    """REFERENCE.md's TinyLlama3 figures: parameters and the peak per A100-80G of pretrain/configs/tiny_llama3.yaml."""
     result = subprocess.run(
         [sys.executable, "scripts/plan_memory.py", "--recipe", "pretrain/configs/tiny_llama3.yaml"],
         cwd=ROOT,
@@ -66,8 +66,8 @@ def test_the_tinyllama3_recipe_fits_an_80_gb_card_as_the_readme_says():
     recipe_mode = result.stdout.split("<- the recipe's")[1].split("activation_checkpointing")[0]
     assert "fits 80 GiB" in recipe_mode, result.stdout
     total = float(recipe_mode.split("total")[1].split("GiB")[0])
-    readme = (ROOT / "README.md").read_text()
-    assert f"{total:.0f} GiB" in readme.split("## TinyLlama3")[1].split("\n## ")[0]
+    reference = (ROOT / "REFERENCE.md").read_text()
+    assert f"{total:.0f} GiB" in reference.split("## TinyLlama3")[1].split("\n## ")[0]
     assert "1,965,672,448 parameters" in result.stdout
 
 
