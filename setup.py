@@ -12,6 +12,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["lit_gpt", "lit_gpt.*"]),
+    package_data={"lit_gpt": ["tasks/*.yaml"]},  # the paper's task groups for the evaluation harness
     install_requires=(root / "requirements.txt").read_text().split(),
     extras_require={
         "gpu": ["flash-attn>=2.5", "xformers>=0.0.28"],

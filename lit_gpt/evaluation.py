@@ -33,6 +33,7 @@ from tqdm import tqdm
 from lit_gpt.errors import InvalidInput, MissingInput
 from lit_gpt.generation import generate
 from lit_gpt.hub import hub_errors
+from lit_gpt.paper_tables import TASKS_FOLDER
 from lit_gpt.tokenizer import Tokenizer
 
 # The harness warns, per metric of a task file that names no aggregation or no higher_is_better, that it
@@ -44,19 +45,6 @@ logging.getLogger("lm_eval.api.task").addFilter(lambda record: "is defined, but"
 datasets.disable_progress_bars()
 
 Request = tuple[tuple[str, str], list[int], list[int]]  # (texts, context tokens, continuation tokens)
-
-# The TinyLlama paper's zero-shot commonsense tasks (Table 3): the harness's task name, the metric we
-# compare on (acc_norm where the task has it, as TinyLlama reports HellaSwag), and the paper's figures
-# in percent for TinyLlama v1.0 and v1.1.
-PAPER_TASKS: dict[str, tuple[str, float, float]] = {
-    "hellaswag": ("acc_norm", 59.20, 61.47),
-    "openbookqa": ("acc_norm", 36.00, 36.80),
-    "winogrande": ("acc", 59.12, 59.43),
-    "arc_challenge": ("acc_norm", 30.12, 32.68),
-    "arc_easy": ("acc_norm", 55.25, 55.47),
-    "boolq": ("acc", 57.83, 55.99),
-    "piqa": ("acc_norm", 73.29, 73.56),
-}
 
 
 class GPTEvalModel(TemplateLM):
@@ -178,10 +166,12 @@ class GPTEvalModel(TemplateLM):
 
 
 def task_manager(names: list[str], include_path: Path | None) -> TaskManager:
-    """The harness's task registry (plus the tasks in ``include_path``), once every name is known to it."""
+    """The harness's task registry, with the paper's task groups (``lit_gpt/tasks``) and the tasks in
+    ``include_path``, once every name is known to it."""
     if include_path is not None and not include_path.is_dir():
         raise MissingInput(f"The task folder {include_path} (--include_path) is not a folder")
-    manager = TaskManager(include_path=str(include_path) if include_path else None, verbosity="ERROR")
+    folders = [str(TASKS_FOLDER)] + ([str(include_path)] if include_path else [])
+    manager = TaskManager(include_path=folders)
     unknown = [name for name in names if name not in manager.all_tasks]
     if unknown:
         close = {name: difflib.get_close_matches(name, manager.all_tasks, n=3, cutoff=0.75) for name in unknown}

@@ -59,8 +59,16 @@ def task_evaluator(run: RunConfig, config: Config) -> Callable[[torch.nn.Module]
         from lit_gpt.evaluation import TaskEvaluator
     except ImportError as error:
         raise InvalidInput(f"--eval_tasks needs the harness: pip install -e '.[eval]' ({error})") from None
+    from lit_gpt.paper_tables import ALIASES, CODE_TASKS
+
+    names = [ALIASES.get(name, name) for name in run.eval_tasks]
+    if set(names) & set(CODE_TASKS):
+        raise InvalidInput(
+            f"--eval_tasks {', '.join(sorted(set(names) & set(CODE_TASKS)))} runs the code the model writes: not "
+            "during training; scripts/evaluate.py --allow_code_execution true runs it on a checkpoint"
+        )
     return TaskEvaluator(
-        run.eval_tasks,
+        names,
         run.eval_tasks_include_path,
         run.eval_tasks_limit,
         load_tokenizer(run.tokenizer_path),

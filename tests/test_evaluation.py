@@ -252,14 +252,6 @@ def test_each_validation_set_gets_its_loss_and_the_weighted_mean(data, tmp_path)
     assert float(row["val/a/ppl"]) == pytest.approx(math.exp(float(row["val/a/loss"])))
 
 
-def test_the_paper_comparison_puts_its_figures_beside_ours():
-    table = load_script("scripts/evaluate.py").paper_comparison(
-        {"hellaswag": {"acc_norm,none": 0.5, "acc,none": 0.4}, "boolq": {"acc,none": 0.625}}, ["hellaswag", "boolq"]
-    )
-    assert "| hellaswag | acc_norm | 50.00 | 59.20 | 61.47 |" in table  # Table 3, v1.0 and v1.1
-    assert "| boolq | acc | 62.50 | 57.83 | 55.99 |" in table
-
-
 def test_hub_tasks_without_the_hub_are_one_line_at_once(model_dirs, tmp_path):
     """The hub unreachable (HF_ENDPOINT at a port nobody listens on), nothing cached: one line naming
     --include_path, after one quick attempt rather than the retries of the hub library."""
