@@ -15,8 +15,11 @@ results as JSON.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -87,7 +90,7 @@ def evaluate(
     adapter = GPTEvalModel(model, tokenizer, model.config.block_size, batch_size)
     if allow_code_execution:
         os.environ["HF_ALLOW_CODE_EVAL"] = "1"  # the gate of the code_eval metric, for this run only
-    with hub_errors(names):
+    with hub_errors(names), code_execution_refused():
         results = lm_eval.simple_evaluate(
             model=adapter,
             tasks=names,
@@ -134,6 +137,19 @@ def task_names(tasks: list[str] | str, allow_code_execution: bool) -> list[str]:
             raise InvalidInput(f"{why} (run it in a sandbox)")
         print(f"Left out: {why} (run it in a sandbox)")
     return names
+
+
+@contextlib.contextmanager
+def code_execution_refused() -> Iterator[None]:
+    """The harness's refusal of a task marked ``unsafe_code`` (one of your own, say) as our one line."""
+    try:
+        yield
+    except ValueError as error:
+        unsafe = re.search(r"run task: (\S+) which is marked as unsafe", str(error))
+        if unsafe is None:
+            raise
+        message = f"{unsafe[1]} runs the code the model writes: --allow_code_execution true includes it"
+        raise InvalidInput(f"{message} (run it in a sandbox)") from None
 
 
 def provenance(results: dict, harness_version: str) -> str:

@@ -79,21 +79,29 @@ def evaluate(model, tasks: Path, names: list[str], **kwargs):
 def test_adapter_scores_like_the_harness_hugging_face_backend(model_dirs):
     lit, hf, tasks = model_dirs
     model, tokenizer = load_model(lit)
-    names = ["sample_choice", "sample_text", "sample_generate"]
+    few_shot = (tasks / "sample_choice.yaml").read_text().replace("task: sample_choice", "task: sample_choice_3shot")
+    (tasks / "sample_choice_3shot.yaml").write_text(few_shot + "num_fewshot: 3\n")  # examples from its test split
+    names = ["sample_choice", "sample_choice_3shot", "sample_text", "sample_generate"]
     ours = evaluate(GPTEvalModel(model, tokenizer, model.config.block_size, batch_size=4), tasks, names)
     # Our texts start with BOS, as in training. The hf backend's add_bos_token=True does that for scored
     # contexts, but its rolling windows then hold BOS twice (the prefix token, and the text's own): for
     # whole texts the backend's default, BOS as the prefix token only, is what we do.
     theirs = {"samples": {}, "results": {}}
-    for task, bos in (("sample_choice", True), ("sample_text", False), ("sample_generate", True)):
+    for task, bos in (
+        ("sample_choice", True),
+        ("sample_choice_3shot", True),
+        ("sample_text", False),
+        ("sample_generate", True),
+    ):
         args = f"pretrained={hf},dtype=float32,add_bos_token={bos}"
         result = evaluate("hf", tasks, [task], model_args=args, batch_size=4, device="cpu")
         theirs["samples"][task], theirs["results"][task] = result["samples"][task], result["results"][task]
 
-    for task in ("sample_choice", "sample_text"):  # scores: (log-likelihood, greedy) per choice, or per text
+    assert all(sample["arguments"][0][0].count("?") == 4 for sample in ours["samples"]["sample_choice_3shot"])
+    for task in ("sample_choice", "sample_choice_3shot", "sample_text"):  # (log-likelihood, greedy) per choice or text
         mine = sorted(ours["samples"][task], key=lambda s: s["doc_id"])
         reference = sorted(theirs["samples"][task], key=lambda s: s["doc_id"])
-        assert len(mine) == len(reference) == (16 if task == "sample_choice" else 6)
+        assert len(mine) == len(reference) == (6 if task == "sample_text" else 16)
         for a, b in zip(mine, reference, strict=True):
             for (ll_a, *greedy_a), (ll_b, *greedy_b) in zip(
                 [r if isinstance(r, (list, tuple)) else [r] for r in a["filtered_resps"]],
