@@ -31,7 +31,7 @@ from lm_eval.tasks import TaskManager, get_task_dict
 from tqdm import tqdm
 
 from lit_gpt.errors import InvalidInput, MissingInput
-from lit_gpt.generation import generate
+from lit_gpt.generation import generate, greedy_batch
 from lit_gpt.hub import hub_errors
 from lit_gpt.paper_tables import TASKS_FOLDER
 from lit_gpt.tokenizer import Tokenizer
@@ -146,22 +146,47 @@ class GPTEvalModel(TemplateLM):
         return totals
 
     def generate_until(self, requests: list, disable_tqdm: bool = False) -> list[str]:
-        """Greedy (or, with ``do_sample``, sampled) continuations with the KV cache, cut at the first stop
-        string. Runs on an unsharded model in one process."""
+        """Continuations with the KV cache, cut at the first stop string: greedy ones decoded ``batch_size``
+        prompts at a time (longest first, so that a batch pads little; each stops at its stop strings),
+        sampled ones (``do_sample``) one by one. Runs on an unsharded model in one process."""
         if self.ranks > 1:
             raise NotImplementedError("Generative tasks run in one process: use scripts/evaluate.py without torchrun")
-        answers = []
-        for context, settings in tqdm([r.args for r in requests], desc="generating", disable=disable_tqdm):
+        asked = []
+        for context, settings in (r.args for r in requests):
             until = settings.get("until") or [self.tokenizer.id_to_token(self.eot_token_id)]
-            until = [until] if isinstance(until, str) else until
+            until = [until] if isinstance(until, str) else list(until)
             new_tokens = settings.get("max_gen_toks", 256)
             prompt = self.tok_encode(context)[-(self.block_size - new_tokens) :]
             temperature = settings.get("temperature", 0.0) if settings.get("do_sample") else 0.0
-            tokens = generate(self.model, prompt, new_tokens, temperature=temperature, eos_id=self.eot_token_id)
-            text = self.tokenizer.decode(tokens)
-            for stop in until:
-                text = text.split(stop)[0]
-            answers.append(text)
+            asked.append((prompt, until, new_tokens, temperature))
+        answers: list[str] = [""] * len(asked)
+        # A batch shares its stop strings, answer length and temperature (a task's requests do); longest
+        # prompts first, so that a batch pads little. Sampled continuations go one by one.
+        order = sorted(range(len(asked)), key=lambda i: (*map(str, asked[i][1:]), -len(asked[i][0])))
+        batches: list[list[int]] = []
+        for i in order:
+            last = batches[-1] if batches else []
+            if last and asked[last[0]][1:] == asked[i][1:] and asked[i][3] == 0 and len(last) < self.scoring_batch:
+                last.append(i)
+            else:
+                batches.append([i])
+        for batch in tqdm(batches, desc="generating", disable=disable_tqdm):
+            prompts = [asked[i][0] for i in batch]
+            until, new_tokens, temperature = asked[batch[0]][1:]
+            if temperature > 0:
+                generated = [generate(self.model, prompts[0], new_tokens, temperature, eos_id=self.eot_token_id)]
+            else:
+
+                def stopped(tokens: list[int], until: list[str] = until) -> bool:
+                    text = self.tokenizer.decode(tokens)
+                    return any(stop in text for stop in until)
+
+                generated = greedy_batch(self.model, prompts, new_tokens, self.eot_token_id, stopped)
+            for i, tokens in zip(batch, generated, strict=True):
+                text = self.tokenizer.decode(tokens)
+                for stop in until:
+                    text = text.split(stop)[0]
+                answers[i] = text
         return answers
 
 

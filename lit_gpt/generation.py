@@ -1,6 +1,9 @@
-"""Text generation with a KV cache: greedy at temperature 0, otherwise sampling with top-k / top-p."""
+"""Text generation with a KV cache: greedy at temperature 0, otherwise sampling with top-k / top-p; and
+greedy generation for a batch of prompts at once (benchmarks ask for thousands of short answers)."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 
@@ -78,6 +81,51 @@ def generate(
                 break
             logits = model(torch.tensor([[token]], device=device), input_pos=torch.tensor([position], device=device))
             logits = logits[0, -1]
+        return new
+    finally:
+        model.clear_kv_cache()
+
+
+def greedy_batch(
+    model: GPT,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    eos_id: int | None = None,
+    finished: Callable[[list[int]], bool] | None = None,
+) -> list[list[int]]:
+    """Each prompt's greedy continuation (new tokens only), all prompts decoded together: left-padded to
+    the longest, one forward pass per new token for the whole batch. A row stops after ``eos_id``, at
+    ``max_new_tokens``, or once ``finished(its new tokens)`` says so (a stop sequence in its text); the
+    batch stops when every row has. The tokens are those of :func:`generate` at temperature 0."""
+    check_sampling(max_new_tokens, 0.0, None, None)
+    longest = max(len(prompt) for prompt in prompts)
+    total = longest + max_new_tokens
+    if total > model.config.block_size:
+        raise InvalidInput(
+            f"Prompt ({longest} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's block_size "
+            f"{model.config.block_size}"
+        )
+    device = model.lm_head.weight.device
+    tokens = torch.zeros(len(prompts), longest, dtype=torch.long, device=device)
+    filled = torch.ones(len(prompts), total, dtype=torch.bool, device=device)
+    for row, prompt in enumerate(prompts):
+        tokens[row, longest - len(prompt) :] = torch.tensor(prompt, device=device)
+        filled[row, : longest - len(prompt)] = False
+    model.set_kv_cache(batch_size=len(prompts), max_seq_length=total)
+    try:
+        logits = model(tokens, input_pos=torch.arange(longest, device=device), filled=filled)[:, -1]
+        new: list[list[int]] = [[] for _ in prompts]
+        done = [False] * len(prompts)
+        for position in range(longest, total):
+            chosen = logits.argmax(dim=-1)
+            for row, token in enumerate(chosen.tolist()):
+                if not done[row]:
+                    new[row].append(token)
+                    done[row] = token == eos_id or bool(finished and finished(new[row]))
+            if all(done) or position == total - 1:
+                return new
+            step = torch.tensor([position], device=device)
+            logits = model(chosen[:, None], input_pos=step, filled=filled)[:, -1]
         return new
     finally:
         model.clear_kv_cache()

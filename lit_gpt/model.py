@@ -85,6 +85,7 @@ class GPT(nn.Module):
         z_loss: float = 0.0,
         boundary: Boundary | None = None,
         logits_at: torch.Tensor | None = None,
+        filled: torch.Tensor | None = None,
     ) -> torch.Tensor | kernels.LossTerms:
         """Logits (B, T, padded_vocab_size) for token ids ``idx`` (B, T), or with ``targets`` the loss.
 
@@ -101,13 +102,19 @@ class GPT(nn.Module):
         ``logits_at``, a boolean (B, T) mask, returns the logits of those positions only, as (N, V) rows in
         row-major order: scoring a continuation needs its own positions, and the output layer (the
         largest matmul of a small model) then runs on those alone.
+
+        ``filled``, a boolean (B, cache length) mask, decodes a batch of prompts of different lengths with
+        the KV cache: each prompt is left-padded to the longest, and a position is attended to only where
+        its row holds a token (the padding attends to itself alone, which keeps it finite and unread).
         """
         T = idx.shape[1]
         if input_pos is None:
             if T > self.config.block_size:
                 raise ValueError(f"Sequence length {T} exceeds the model's block_size {self.config.block_size}")
             input_pos = torch.arange(T, device=idx.device)
-        mask = None
+        mask = filled
+        if filled is not None and self.transformer.h[0].attn.kv_cache is None:
+            raise ValueError("filled (a padded batch) is for decoding with a KV cache")
         if boundary is not None:
             if self.transformer.h[0].attn.kv_cache is not None:
                 raise ValueError("Document masks are for training; decoding with a KV cache scores one text")
@@ -188,7 +195,8 @@ class CausalSelfAttention(nn.Module):
         input_pos: torch.Tensor | None = None,
         mask: kernels.AttentionMask | None = None,
     ) -> torch.Tensor:
-        """``mask``: where each query may attend (a document mask); None is causal."""
+        """``mask``: where each query may attend (a document mask), or with the KV cache which positions
+        of each row hold a token (``GPT.forward``'s ``filled``); None is causal."""
         B, T, _ = x.shape
         groups, head_size = self.config.n_query_groups, self.config.head_size
         q_per_kv = self.config.n_head // groups
@@ -202,7 +210,11 @@ class CausalSelfAttention(nn.Module):
             if input_pos is None:
                 raise ValueError("A model with a KV cache needs input_pos")
             k, v = self.kv_cache.update(input_pos, k, v)
-            mask = torch.arange(k.shape[1], device=x.device)[None, :] <= input_pos[:, None]
+            keys = torch.arange(k.shape[1], device=x.device)[None, :]
+            causal = keys <= input_pos[:, None]
+            if mask is not None:  # a left-padded batch: the filled keys of each row, and each query itself
+                causal = (causal & mask[:, None, None, : k.shape[1]]) | (keys == input_pos[:, None])
+            mask = causal
         y = kernels.attention(q, k, v, mask)
         return self.proj(y.reshape(B, T, self.config.n_head * head_size))
 

@@ -192,6 +192,26 @@ def test_generate_greedy_equals_transformers_generate(tmp_path):
     assert len(expected) > len(ids[0])
 
 
+def test_a_batch_of_prompts_decodes_to_each_prompts_own_greedy_tokens():
+    """Left-padded prompts of five lengths decoded together give what each gives alone, stop rules too."""
+    from lit_gpt.generation import generate, greedy_batch
+
+    model = GPT(Config.from_name("tiny_LLaMA_5M")).eval()
+    with torch.no_grad():  # larger weights than the initialisation: continuations that differ by prompt
+        for parameter in model.parameters():
+            parameter.mul_(8 if parameter.dim() > 1 else 1)
+    draws = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(1, 4096, (n,), generator=draws).tolist() for n in (3, 17, 9, 30, 1)]
+    with torch.no_grad():
+        alone = [generate(model, prompt, 12) for prompt in prompts]
+        assert greedy_batch(model, prompts, 12) == alone
+        assert len({tuple(tokens) for tokens in alone}) == 5
+        eos = alone[1][4]  # a token the second row emits: it stops there, the others go on unless they emit it
+        expected = [tokens[: tokens.index(eos) + 1] if eos in tokens else tokens for tokens in alone]
+        assert greedy_batch(model, prompts, 12, eos_id=eos) == expected
+        assert greedy_batch(model, prompts, 12, finished=lambda tokens: len(tokens) == 3) == [t[:3] for t in alone]
+
+
 def test_sampling_is_seeded_and_respects_top_k(tmp_path):
     lit_checkpoint(tmp_path / "lit")
     runs = [
