@@ -75,6 +75,26 @@ def test_tasks_that_run_code_need_the_flag(capsys):
         EVALUATE.task_names(["humaneval"], False)
 
 
+def test_training_benchmarks_take_groups_and_refuse_code(tmp_path):
+    """--eval_tasks names a group (here a local one, as the shipped groups are written) and gets each
+    member's accuracies; the old name tinyllama means tinyllama_commonsense; code-running tasks are refused."""
+    from lit_gpt.run import RunConfig
+    from lit_gpt.validation import task_evaluator
+
+    tasks = tmp_path / "tasks"
+    load_script(REPO_ROOT / "scripts" / "make_sample_tasks.py").make_sample_tasks(tasks)
+    group = {"group": "choice_group", "task": [{"task": "sample_choice", "num_fewshot": 1}]}
+    (tasks / "choice_group.yaml").write_text(yaml.safe_dump(group, sort_keys=False))
+    config = Config.from_name("tiny_LLaMA_5M", **TINY_OVERRIDES)
+    settings = RunConfig(tokenizer_path=DEMO_TOKENIZER, eval_tasks=["choice_group"], eval_tasks_include_path=tasks)
+    scores = task_evaluator(settings, config)(GPT(config))
+    assert set(scores) == {"eval/sample_choice/acc", "eval/sample_choice/acc_norm"}, scores
+    with pytest.raises(InvalidInput, match="--eval_tasks humaneval runs the code the model writes"):
+        task_evaluator(RunConfig(tokenizer_path=DEMO_TOKENIZER, eval_tasks=["humaneval"]), config)
+    with pytest.raises(InvalidInput, match=r"Unknown task\(s\) no_such[ :(]"):  # tinyllama resolves
+        task_evaluator(RunConfig(tokenizer_path=DEMO_TOKENIZER, eval_tasks=["tinyllama", "no_such"]), config)
+
+
 def test_each_task_of_a_group_gets_its_own_shots_in_one_invocation(tmp_path):
     """A group as the shipped ones are written (a task entry with num_fewshot) over local tasks: the
     prompts the harness logs hold 3, 2 and 0 examples (each question ends with its one '?')."""
