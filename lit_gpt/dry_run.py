@@ -13,8 +13,10 @@ from __future__ import annotations
 import numpy as np
 import yaml
 
+from lit_gpt.cli import global_rank
 from lit_gpt.data.loader import read_listing
 from lit_gpt.errors import UserError
+from lit_gpt.launch import launched_world_size
 from lit_gpt.memory import parameter_counts
 from lit_gpt.monitor import flops_per_token
 from lit_gpt.run import RunConfig
@@ -135,3 +137,9 @@ def plan_lines(run: RunConfig, world_size: int) -> list[str]:
         "(the newest is complete before the oldest is removed)"
     )
     return lines
+
+
+def print_plan(run: RunConfig) -> None:
+    """The plan for this launch's processes, printed once (by global rank 0 under a launcher)."""
+    if global_rank() == 0:
+        print("\n".join(plan_lines(run, launched_world_size(run.devices, run.num_nodes))))

@@ -12,7 +12,8 @@ scheduled learning rate), then logging, validation, benchmarks and checkpoints a
 
 from __future__ import annotations
 
-from lit_gpt.cli import check_command_line
+from lit_gpt.cli import check_command_line, global_rank
+from lit_gpt.cli import run as run_command
 from lit_gpt.run import RunConfig
 
 if __name__ == "__main__":  # --help and mistaken options answered in a second, before the imports below load
@@ -40,11 +41,9 @@ from lit_gpt.checkpoint import (
     checkpoint_name,
     load_training_state,
 )
-from lit_gpt.cli import global_rank
-from lit_gpt.cli import run as run_command
 from lit_gpt.data.loader import BlockLoader
 from lit_gpt.data.run_loaders import check_tokenizer, read_listings, training_loader, validation_loaders
-from lit_gpt.dry_run import plan_lines
+from lit_gpt.dry_run import print_plan
 from lit_gpt.errors import InvalidInput, MissingInput
 from lit_gpt.launch import Strategy, check_launch, devices_per_node, launched_world_size
 from lit_gpt.monitor import MetricLogger, SourceTokens, Throughput, create_loggers, format_eta
@@ -73,9 +72,7 @@ def setup(run: RunConfig) -> None:
     stop.install(EARLY)  # SLURM's USR1 during the start-up stops the run after its first step (lit_gpt.preemption)
     run = replace(run, precision=run.resolved_precision(), devices=devices_per_node(run.devices))
     if run.dry_run:
-        if global_rank() == 0:
-            print("\n".join(plan_lines(run, launched_world_size(run.devices, run.num_nodes))))
-        return
+        return print_plan(run)
     check_launch(run.devices, run.num_nodes)
     check_inputs(run)
     check_writable(run.out_dir)
