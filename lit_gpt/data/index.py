@@ -253,11 +253,12 @@ def index_directory(
         if name in first_record and 0 <= int(first_record[name][0].checksums[first_record[name][1]]) != value
     ]
     present = set(shard_names(listing))
-    carried = [name for name in sorted(first_record) if name in present and not name.startswith(prefix)]
+    carried: dict[int, tuple[ShardTable, list[int]]] = {}  # per old index file: its rows outside the prefix
+    for name, (shards, row) in first_record.items():
+        if name in present and not name.startswith(prefix):
+            carried.setdefault(id(shards), (shards, []))[1].append(row)
     if carried:
-        table = ShardTable.concatenate(
-            [table, *(first_record[name][0].take([first_record[name][1]]) for name in carried)]
-        )
+        table = ShardTable.concatenate([table, *(shards.take(rows) for shards, rows in carried.values())])
         table = table.take(np.argsort(np.array(table.names), kind="stable"))
     index = Index(table, tokenizer.sha256, tokenizer.boundary) if tokenizer else Index(table)
     path = directory / INDEX_NAME
